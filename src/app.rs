@@ -1,0 +1,162 @@
+//! What `switchyard up`, `run` and `components` do: wire configuration, the embedded
+//! server, the admin endpoint and the components together, and stop them in order.
+
+use std::time::Duration;
+
+use crate::admin::{self, Readiness};
+use crate::component::Component;
+use crate::component::supervisor::Supervisor;
+use crate::config::{Config, ConfigError};
+use crate::error::Error;
+use crate::nats::{self, EmbeddedServer, ServerOptions};
+use crate::observability::metrics;
+use crate::shutdown::Signals;
+use crate::system::instance::InstanceComponent;
+
+/// URL `run` uses when neither `--nats` nor `NATS_URL` is given.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Every component this binary can run, in start order.
+pub fn catalog() -> Vec<Box<dyn Component>> {
+    vec![Box::new(InstanceComponent)]
+}
+
+/// The named components, or a configuration error naming the unknown one.
+pub fn select(names: &[String]) -> Result<Vec<Box<dyn Component>>, ConfigError> {
+    let mut chosen: Vec<Box<dyn Component>> = Vec::new();
+    for component in catalog() {
+        if names.iter().any(|n| n == component.name()) {
+            chosen.push(component);
+        }
+    }
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| !catalog().iter().any(|c| c.name() == n.as_str()))
+    {
+        let known: Vec<&str> = catalog().iter().map(|c| c.name()).collect();
+        return Err(ConfigError(format!(
+            "unknown component {unknown:?} (known: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(chosen)
+}
+
+/// `switchyard components`: each component with its subjects.
+pub fn describe_components() -> String {
+    let mut out = String::new();
+    for component in catalog() {
+        out.push_str(component.name());
+        out.push('\n');
+        for sub in component.subscriptions() {
+            let group = sub.queue_group.unwrap_or("(every instance)");
+            out.push_str(&format!(
+                "  {:<28} queue {:<18} {}\n",
+                sub.subject, group, sub.description
+            ));
+        }
+    }
+    out
+}
+
+/// `switchyard up`: everything in one process, on an embedded nats-server unless the
+/// configuration names one.
+pub async fn up(config: Config) -> Result<(), Error> {
+    serve(config, catalog(), true).await
+}
+
+/// `switchyard run <component>…`: only those components, against an existing server.
+pub async fn run(config: Config, components: Vec<Box<dyn Component>>) -> Result<(), Error> {
+    serve(config, components, false).await
+}
+
+async fn serve(
+    config: Config,
+    components: Vec<Box<dyn Component>>,
+    may_embed: bool,
+) -> Result<(), Error> {
+    // Installed first so a signal during start-up is not lost.
+    let mut signals = Signals::install();
+    let metrics = metrics::install();
+    let readiness = Readiness::default();
+    let stop_admin = tokio_util::sync::CancellationToken::new();
+    // The admin port first: a busy port fails before a server is started for nothing.
+    let (admin_addr, admin_task) =
+        admin::serve(config.admin, readiness.clone(), metrics, stop_admin.clone()).await?;
+
+    let mut embedded = match (&config.nats_url, may_embed) {
+        (None, true) => Some(EmbeddedServer::start(ServerOptions {
+            listen: config.embedded.listen,
+            data_dir: config.embedded.data_dir.clone(),
+            config: config.embedded.config.clone(),
+            binary: config.embedded.server_bin.clone(),
+        })?),
+        _ => None,
+    };
+    let url = match (&embedded, &config.nats_url) {
+        (Some(server), _) => server.url(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => DEFAULT_NATS_URL.to_string(),
+    };
+    let client = nats::connect(&url, "switchyard").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let provisioned = nats::provision(&js, &config.jetstream).await?;
+    for (name, change) in &provisioned.changes {
+        tracing::debug!(%name, ?change, "provisioned");
+    }
+    let supervisor =
+        Supervisor::start(client, components, readiness, config.jetstream.clone()).await?;
+    println!(
+        "{}",
+        banner(&url, embedded.as_ref(), admin_addr, supervisor.context())
+    );
+
+    let signal = signals.next().await;
+    tracing::info!(signal, grace = ?config.grace, "stopping: finishing in-flight work");
+    // A second signal means "now": exit at once (the child dies with us).
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("switchyard: second signal, exiting without waiting");
+        std::process::exit(130);
+    });
+    let report = supervisor.stop(config.grace).await;
+    stop_admin.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    if let Some(server) = embedded.as_mut() {
+        server.stop(Duration::from_secs(10));
+    }
+    tracing::info!(
+        in_time = report.finished_in_time,
+        drained = report.drained,
+        "stopped"
+    );
+    Ok(())
+}
+
+fn banner(
+    url: &str,
+    embedded: Option<&EmbeddedServer>,
+    admin: std::net::SocketAddr,
+    ctx: &crate::component::Context,
+) -> String {
+    let server = match embedded {
+        Some(s) => format!("embedded nats-server, log {}", s.log_path().display()),
+        None => "external server".to_string(),
+    };
+    let components = ctx.instance.components.join(", ");
+    format!(
+        "Switchyard {version} is up (instance {id})\n\
+         \x20 NATS        {url}  ({server})\n\
+         \x20 Admin       http://{admin}  (/healthz /readyz /metrics)\n\
+         \x20 Components  {components}\n\
+         Try:\n\
+         \x20 nats -s {url} stream ls\n\
+         \x20 nats -s {url} kv ls\n\
+         \x20 nats -s {url} req sys.echo '{{\"hello\":\"world\"}}'\n\
+         \x20 nats -s {url} req sys.ping '' --replies 0\n\
+         \x20 curl -s http://{admin}/readyz\n\
+         Ctrl-C stops gracefully.",
+        version = ctx.instance.version,
+        id = ctx.instance.id,
+    )
+}

@@ -1,0 +1,106 @@
+//! Command-line interface: every flag has a `SWITCHYARD_*` (or `NATS_URL`) env fallback;
+//! values not given on either come from the optional TOML file, then defaults
+//! (see [`crate::config`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "The integration layer agentic workflows run on, built on NATS"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct GlobalArgs {
+    /// Optional TOML configuration file; flags and env vars override it.
+    #[arg(long, env = "SWITCHYARD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// NATS server to use. Without it, `up` starts its own nats-server.
+    #[arg(long, env = "NATS_URL", global = true)]
+    pub nats: Option<String>,
+    /// Admin HTTP address (/healthz, /readyz, /metrics) [default: 127.0.0.1:9464].
+    #[arg(long, env = "SWITCHYARD_ADMIN", global = true)]
+    pub admin: Option<SocketAddr>,
+    /// Log filter in tracing's EnvFilter syntax [default: info].
+    #[arg(long, env = "SWITCHYARD_LOG", global = true)]
+    pub log: Option<String>,
+    /// Log output format [default: text].
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+    /// Time in-flight work gets to finish on SIGINT/SIGTERM [default: 10s].
+    #[arg(long, env = "SWITCHYARD_GRACE", global = true, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything in one process, on an embedded nats-server unless --nats is given.
+    Up(UpArgs),
+    /// Run only the named components against an existing server (scale-out).
+    Run(RunArgs),
+    /// List the components with the subjects each one serves.
+    Components,
+    /// Measure the raw-NATS baselines every Switchyard path is compared to.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct UpArgs {
+    /// Listen address of the embedded nats-server [default: 127.0.0.1:4222].
+    #[arg(long, env = "SWITCHYARD_NATS_LISTEN")]
+    pub nats_listen: Option<SocketAddr>,
+    /// Working state (JetStream store, server log) [default: .switchyard].
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// nats-server configuration [default: nats/dev.conf, else the built-in copy].
+    #[arg(long, env = "SWITCHYARD_NATS_CONFIG")]
+    pub nats_config: Option<PathBuf>,
+    /// nats-server binary [default: found in GOBIN, GOPATH/bin, ~/go/bin, then PATH].
+    #[arg(long, env = "SWITCHYARD_NATS_SERVER")]
+    pub nats_server: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Components to run (see `switchyard components`).
+    #[arg(required = true)]
+    pub components: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Print one JSON document instead of a table (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+    /// How long each scenario runs.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Skip the `nats bench` reference runs.
+    #[arg(long)]
+    pub no_nats_cli: bool,
+    #[command(flatten)]
+    pub server: UpArgs,
+}
+
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 500ms, 10s, 7d)"))
+}

@@ -1,0 +1,246 @@
+//! Request-reply serving shared by every component endpoint: decode the envelope, call
+//! the handler, answer in the caller's codec, turn every failure into a typed error
+//! reply (`Nats-Service-Error`, `Nats-Service-Error-Code` and an error body), count and
+//! time it, and drain on shutdown so no accepted request goes unanswered.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::{HeaderMap, Message, Subject};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use super::Context;
+use crate::envelope::{ContentType, Envelope, Meta, Outgoing, check_size};
+use crate::error::{Error, ErrorKind};
+use crate::observability::metrics as m;
+use crate::subjects::headers as h;
+
+/// Requests one endpoint handles at once; more wait in the subscription's buffer.
+const MAX_IN_FLIGHT: usize = 512;
+
+/// One request-reply endpoint of a component.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Short name for metric labels and logs (`echo`), never the raw subject.
+    pub name: &'static str,
+    pub subject: String,
+    pub queue_group: Option<&'static str>,
+    /// `ce-type` assumed for requests that carry none, and the prefix of reply types.
+    pub request_type: &'static str,
+    /// `ce-source` of replies, e.g. `urn:switchyard:instance`.
+    pub source: &'static str,
+}
+
+/// A received request: its attributes and the raw payload, decoded on demand.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub subject: Subject,
+    pub meta: Meta,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+impl Request {
+    /// Decodes the payload in the codec the caller declared.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        self.meta.content_type.decode(&self.payload)
+    }
+}
+
+/// What a handler answers: data in the caller's codec.
+#[derive(Debug)]
+pub struct Reply {
+    data: Result<Vec<u8>, Error>,
+}
+
+impl Reply {
+    /// Encodes `data` in the codec of `request` (the caller's).
+    pub fn to<T: Serialize>(request: &Request, data: &T) -> Reply {
+        Reply {
+            data: request.meta.content_type.encode(data),
+        }
+    }
+}
+
+/// The body of an error reply, in the caller's codec, next to the error headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ErrorDetail {
+    pub kind: ErrorKind,
+    pub code: u16,
+    pub message: String,
+}
+
+/// Subscribes `endpoint` and serves it with `handler` until shutdown. Returns once the
+/// subscription is live on the server.
+pub async fn serve<H, Fut>(
+    ctx: &Context,
+    component: &'static str,
+    endpoint: Endpoint,
+    handler: H,
+) -> Result<(), Error>
+where
+    H: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Reply, Error>> + Send + 'static,
+{
+    let subject = endpoint.subject.clone();
+    let mut subscriber = match endpoint.queue_group {
+        Some(group) => {
+            ctx.client
+                .queue_subscribe(subject.clone(), group.into())
+                .await
+        }
+        None => ctx.client.subscribe(subject.clone()).await,
+    }
+    .map_err(|e| Error::nats(&format!("subscribe {subject}"), e))?;
+    // Readiness must mean the server routes to us, not that a SUB sits in a buffer.
+    ctx.client
+        .flush()
+        .await
+        .map_err(|e| Error::nats("flush after subscribe", e))?;
+
+    let ctx2 = ctx.clone();
+    let handler = Arc::new(handler);
+    let endpoint = Arc::new(endpoint);
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    ctx.spawn(async move {
+        let mut draining = false;
+        loop {
+            let message = tokio::select! {
+                _ = ctx2.shutdown().cancelled(), if !draining => {
+                    draining = true;
+                    if let Err(err) = subscriber.drain().await {
+                        tracing::warn!(%err, subject = %endpoint.subject, "drain failed");
+                        break;
+                    }
+                    continue;
+                }
+                message = subscriber.next() => message,
+            };
+            let Some(message) = message else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let (ctx, handler, endpoint) = (ctx2.clone(), handler.clone(), endpoint.clone());
+            ctx2.spawn(async move {
+                handle(&ctx, component, &endpoint, handler.as_ref(), message).await;
+                drop(permit);
+            });
+        }
+        tracing::debug!(subject = %endpoint.subject, "endpoint stopped");
+    });
+    Ok(())
+}
+
+async fn handle<H, Fut>(
+    ctx: &Context,
+    component: &'static str,
+    endpoint: &Endpoint,
+    handler: &H,
+    message: Message,
+) where
+    H: Fn(Request) -> Fut,
+    Fut: Future<Output = Result<Reply, Error>>,
+{
+    let started = Instant::now();
+    let Some(reply_to) = message.reply.clone() else {
+        // Published, not requested: nobody to answer. Counted so it is visible.
+        m::rpc_request(component, endpoint.name, None, started.elapsed());
+        return;
+    };
+    let headers = message.headers.clone().unwrap_or_default();
+    let (outgoing, code) = match Meta::from_headers(Some(&headers), endpoint.request_type) {
+        Err(err) => (
+            error_reply(&fallback_meta(&headers), endpoint, &err),
+            err.code(),
+        ),
+        Ok(meta) => {
+            let request = Request {
+                subject: message.subject.clone(),
+                meta,
+                headers,
+                payload: message.payload.clone(),
+            };
+            let meta = request.meta.clone();
+            match handler(request).await.and_then(|reply| reply.data) {
+                Ok(payload) => success_reply(ctx, &meta, endpoint, payload),
+                Err(err) => (error_reply(&meta, endpoint, &err), err.code()),
+            }
+        }
+    };
+    if let Err(err) = ctx
+        .client
+        .publish_with_headers(reply_to, outgoing.headers, outgoing.payload)
+        .await
+    {
+        tracing::warn!(%err, endpoint = endpoint.name, "cannot send reply");
+    }
+    m::rpc_request(component, endpoint.name, Some(code), started.elapsed());
+}
+
+fn success_reply(
+    ctx: &Context,
+    request: &Meta,
+    endpoint: &Endpoint,
+    payload: Vec<u8>,
+) -> (Outgoing, u16) {
+    let meta = request.follow_up(endpoint.source, reply_type(endpoint));
+    let outgoing = Outgoing {
+        headers: meta.to_headers(),
+        payload: payload.into(),
+    };
+    // An oversized answer would make the server close our connection: refuse it.
+    match check_size(&ctx.client, &outgoing) {
+        Ok(()) => (outgoing, 200),
+        Err(err) => (error_reply(request, endpoint, &err), err.code()),
+    }
+}
+
+/// Error headers plus an [`ErrorBody`] in the caller's codec.
+fn error_reply(request: &Meta, endpoint: &Endpoint, err: &Error) -> Outgoing {
+    let meta = request.follow_up(endpoint.source, "io.switchyard.error");
+    let mut headers = meta.to_headers();
+    // Plain text for people reading `nats req` output; CR/LF would break the framing.
+    headers.insert(h::SERVICE_ERROR, err.message().replace(['\r', '\n'], " "));
+    headers.insert(h::SERVICE_ERROR_CODE, err.code().to_string());
+    let body = ErrorBody {
+        error: ErrorDetail {
+            kind: err.kind(),
+            code: err.code(),
+            message: err.message().to_string(),
+        },
+    };
+    let payload = Envelope::new(meta, body)
+        .encode()
+        .map(|(_, payload)| payload)
+        .unwrap_or_default();
+    Outgoing {
+        headers,
+        payload: payload.into(),
+    }
+}
+
+/// Attributes for answering a request whose own attributes could not be read: keep
+/// its id and trace where readable, answer in JSON (the codec anyone can read).
+fn fallback_meta(headers: &HeaderMap) -> Meta {
+    let mut meta = Meta::new(crate::envelope::UNKNOWN_SOURCE, "io.switchyard.request")
+        .with_content_type(ContentType::Json);
+    if let Some(id) = headers.get(h::CE_ID) {
+        meta.id = crate::envelope::decode_value(id.as_str());
+        meta.correlation_id = meta.id.clone();
+    }
+    meta
+}
+
+fn reply_type(endpoint: &Endpoint) -> String {
+    format!("{}.reply", endpoint.request_type)
+}

@@ -1,0 +1,165 @@
+//! Starts a set of components on one connection, keeps readiness current, and stops
+//! them gracefully: stop taking work, let in-flight work finish within the grace
+//! period, then drain the connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::{Component, Context, Instance};
+use crate::admin::Readiness;
+use crate::config::JetStreamConfig;
+use crate::error::Error;
+use crate::nats::provision;
+use crate::observability::metrics as m;
+
+const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Components running in this process.
+pub struct Supervisor {
+    ctx: Context,
+    readiness: Readiness,
+    stop_monitor: CancellationToken,
+    monitor: tokio::task::JoinHandle<()>,
+}
+
+/// How a graceful stop went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    /// In-flight work all finished within the grace period.
+    pub finished_in_time: bool,
+    /// The connection drained (pending publishes flushed) before closing.
+    pub drained: bool,
+}
+
+impl Supervisor {
+    /// Starts `components` in order. If one fails, those already started are stopped
+    /// and the error is returned. Readiness turns ready once all have started and the
+    /// streams and buckets exist.
+    pub async fn start(
+        client: Client,
+        components: Vec<Box<dyn Component>>,
+        readiness: Readiness,
+        jetstream: JetStreamConfig,
+    ) -> Result<Supervisor, Error> {
+        let instance = Arc::new(Instance {
+            id: crate::envelope::new_id(),
+            version: env!("CARGO_PKG_VERSION"),
+            started: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            components: components.iter().map(|c| c.name()).collect(),
+        });
+        let ctx = Context::new(client, instance);
+        for component in &components {
+            if let Err(err) = component.start(ctx.clone()).await {
+                let err = Error::new(
+                    err.kind(),
+                    format!(
+                        "component {} failed to start: {}",
+                        component.name(),
+                        err.message()
+                    ),
+                );
+                ctx.shutdown().cancel();
+                ctx.tasks().close();
+                ctx.tasks().wait().await;
+                return Err(err);
+            }
+            metrics::gauge!(m::COMPONENT_UP, "component" => component.name()).set(1.0);
+            tracing::info!(component = component.name(), "component started");
+        }
+        let stop_monitor = CancellationToken::new();
+        let monitor = tokio::spawn(monitor(
+            ctx.clone(),
+            readiness.clone(),
+            jetstream,
+            stop_monitor.clone(),
+        ));
+        Ok(Supervisor {
+            ctx,
+            readiness,
+            stop_monitor,
+            monitor,
+        })
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Graceful stop, bounded by `grace` for in-flight work plus `grace` for the drain.
+    pub async fn stop(self, grace: Duration) -> StopReport {
+        self.stop_monitor.cancel();
+        let _ = self.monitor.await;
+        self.readiness.set_not_ready("shutting down");
+        self.ctx.shutdown().cancel();
+        self.ctx.tasks().close();
+        let finished_in_time = tokio::time::timeout(grace, self.ctx.tasks().wait())
+            .await
+            .is_ok();
+        if !finished_in_time {
+            tracing::warn!(
+                ?grace,
+                "in-flight work did not finish within the grace period"
+            );
+        }
+        let drained = matches!(
+            tokio::time::timeout(grace, self.ctx.client.drain()).await,
+            Ok(Ok(()))
+        );
+        for component in &self.ctx.instance.components {
+            metrics::gauge!(m::COMPONENT_UP, "component" => *component).set(0.0);
+        }
+        StopReport {
+            finished_in_time,
+            drained,
+        }
+    }
+}
+
+/// Keeps readiness and the NATS gauges current; re-creates streams or buckets that
+/// disappeared (a server restarted without its store, an operator's `nats stream rm`).
+async fn monitor(
+    ctx: Context,
+    readiness: Readiness,
+    jetstream: JetStreamConfig,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(MONITOR_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        m::record_nats(&ctx.client);
+        m::upkeep();
+        let state = check(&ctx, &jetstream).await;
+        metrics::gauge!(m::READY).set(if state.is_ok() { 1.0 } else { 0.0 });
+        match state {
+            Ok(()) => readiness.set_ready(),
+            Err(reason) => readiness.set_not_ready(reason),
+        }
+    }
+}
+
+async fn check(ctx: &Context, jetstream: &JetStreamConfig) -> Result<(), String> {
+    if ctx.client.connection_state() != async_nats::connection::State::Connected {
+        return Err("NATS disconnected".into());
+    }
+    let missing = tokio::time::timeout(MONITOR_INTERVAL, provision::missing(&ctx.jetstream))
+        .await
+        .map_err(|_| "JetStream did not answer".to_string())?
+        .map_err(|e| e.message().to_string())?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let reason = format!("missing {}", missing.join(", "));
+    tracing::warn!(%reason, "re-creating streams and buckets");
+    if let Err(err) = provision::provision(&ctx.jetstream, jetstream).await {
+        tracing::warn!(%err, "re-provisioning failed");
+    }
+    Err(reason)
+}

@@ -1,0 +1,267 @@
+//! Configuration: flag, then env var (both via clap), then the optional TOML file, then
+//! the default. Every problem is one [`ConfigError`] line; `main` exits 64 with it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{GlobalArgs, LogFormat, UpArgs};
+use crate::subjects::STREAMS;
+
+/// Exit code for bad configuration (`EX_USAGE` in sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Everything a Switchyard process needs to know, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// External NATS server; `None` means `up` starts an embedded one.
+    pub nats_url: Option<String>,
+    pub admin: SocketAddr,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub grace: Duration,
+    pub embedded: EmbeddedConfig,
+    pub jetstream: JetStreamConfig,
+}
+
+/// The embedded nats-server `up` starts when no `--nats` is given.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub server_bin: Option<PathBuf>,
+}
+
+/// Stream and bucket settings; a change here updates them on the next start.
+#[derive(Debug, Clone, Default)]
+pub struct JetStreamConfig {
+    pub replicas: usize,
+    pub streams: BTreeMap<String, StreamLimits>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamLimits {
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<i64>,
+}
+
+/// The TOML file's shape. Unknown keys are refused so a typo is never silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    nats: Option<String>,
+    admin: Option<SocketAddr>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(default, with = "humantime_serde_opt")]
+    grace: Option<Duration>,
+    #[serde(default)]
+    embedded: FileEmbedded,
+    #[serde(default)]
+    jetstream: FileJetStream,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEmbedded {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    server_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJetStream {
+    replicas: Option<usize>,
+    #[serde(default)]
+    streams: BTreeMap<String, StreamLimits>,
+}
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
+pub const DEFAULT_NATS_LISTEN: &str = "127.0.0.1:4222";
+pub const DEFAULT_DATA_DIR: &str = ".switchyard";
+
+impl Config {
+    /// Resolves flags and env (already in `global`/`up`) over the file over defaults.
+    pub fn load(global: &GlobalArgs, up: Option<&UpArgs>) -> Result<Config, ConfigError> {
+        let file = match &global.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let default_up = UpArgs::default();
+        let up = up.unwrap_or(&default_up);
+        let config = Config {
+            nats_url: global.nats.clone().or(file.nats),
+            admin: global
+                .admin
+                .or(file.admin)
+                .unwrap_or_else(|| parse_default(DEFAULT_ADMIN)),
+            log_filter: global
+                .log
+                .clone()
+                .or(file.log)
+                .unwrap_or_else(|| "info".into()),
+            log_format: global.log_format.or(file.log_format).unwrap_or_default(),
+            grace: global
+                .grace
+                .or(file.grace)
+                .unwrap_or(Duration::from_secs(10)),
+            embedded: EmbeddedConfig {
+                listen: up
+                    .nats_listen
+                    .or(file.embedded.listen)
+                    .unwrap_or_else(|| parse_default(DEFAULT_NATS_LISTEN)),
+                data_dir: up
+                    .data_dir
+                    .clone()
+                    .or(file.embedded.data_dir)
+                    .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+                config: up.nats_config.clone().or(file.embedded.config),
+                server_bin: up.nats_server.clone().or(file.embedded.server_bin),
+            },
+            jetstream: JetStreamConfig {
+                replicas: file.jetstream.replicas.unwrap_or(1),
+                streams: file.jetstream.streams,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.nats_url {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| ConfigError(format!("invalid NATS URL {url:?}: {e}")))?;
+        }
+        if !(1..=5).contains(&self.jetstream.replicas) {
+            return Err(ConfigError(format!(
+                "jetstream.replicas must be 1 to 5, got {}",
+                self.jetstream.replicas
+            )));
+        }
+        for (name, limits) in &self.jetstream.streams {
+            if !STREAMS.iter().any(|s| s.name == name) {
+                let known: Vec<&str> = STREAMS.iter().map(|s| s.name).collect();
+                return Err(ConfigError(format!(
+                    "unknown stream {name:?} in jetstream.streams (known: {})",
+                    known.join(", ")
+                )));
+            }
+            if limits.max_bytes.is_some_and(|b| b <= 0) {
+                return Err(ConfigError(format!(
+                    "jetstream.streams.{name}.max_bytes must be positive"
+                )));
+            }
+        }
+        if self.grace > Duration::from_secs(600) {
+            return Err(ConfigError("grace must be at most 10m".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_filter)
+            .map_err(|e| ConfigError(format!("invalid log filter {:?}: {e}", self.log_filter)))?;
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        // toml's message spans several lines (with a source excerpt); keep the first.
+        let message = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_string();
+        let at = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigError(format!("{}: {message}{at}", path.display()))
+    })
+}
+
+fn parse_default(addr: &str) -> SocketAddr {
+    addr.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// `"10s"`-style durations in the TOML file.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, text).unwrap();
+        let global = GlobalArgs {
+            config: Some(path),
+            ..GlobalArgs::default()
+        };
+        Config::load(&global, None)
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let config = Config::load(&GlobalArgs::default(), None).unwrap();
+        assert_eq!(config.admin.to_string(), DEFAULT_ADMIN);
+        assert_eq!(config.embedded.listen.to_string(), DEFAULT_NATS_LISTEN);
+        assert_eq!(config.nats_url, None);
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let config = load_toml(
+            "admin = \"127.0.0.1:9999\"\ngrace = \"3s\"\n[jetstream.streams.EVENTS]\nmax_age = \"1h\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.admin.port(), 9999);
+        assert_eq!(config.grace, Duration::from_secs(3));
+        assert_eq!(
+            config.jetstream.streams["EVENTS"].max_age,
+            Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_one_line_errors() {
+        for bad in [
+            "admn = \"127.0.0.1:1\"",
+            "grace = \"soon\"",
+            "[jetstream.streams.NOPE]\nmax_age = \"1h\"",
+            "[jetstream]\nreplicas = 9",
+            "nats = \"nats://bad host:-1\"",
+            "log = \"==\"",
+        ] {
+            let err = load_toml(bad).unwrap_err();
+            assert!(!err.to_string().contains('\n'), "{bad}: {err}");
+        }
+    }
+}

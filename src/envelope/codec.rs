@@ -1,0 +1,133 @@
+//! Payload codecs. MessagePack (named fields, so any language can read it) is the
+//! default; JSON is accepted and answered in JSON.
+//!
+//! The rule that decides, in order: `ce-datacontenttype`, else `Content-Type`, else
+//! JSON. A message without headers is therefore JSON, which is what a plain
+//! `nats req`/`nats pub` sends; MessagePack must always say so in a header.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind};
+
+/// Deepest nesting accepted in either codec: deep enough for any real document, shallow
+/// enough that a hostile payload cannot exhaust the stack. serde_json's own limit is
+/// 128; MessagePack is held to the same.
+pub const MAX_DEPTH: usize = 128;
+
+/// The two payload encodings Switchyard speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentType {
+    #[default]
+    MsgPack,
+    Json,
+}
+
+impl ContentType {
+    /// The media type written into `ce-datacontenttype`.
+    pub fn mime(self) -> &'static str {
+        match self {
+            ContentType::MsgPack => "application/msgpack",
+            ContentType::Json => "application/json",
+        }
+    }
+
+    /// Parses a media type, ignoring parameters such as `; charset=utf-8` and case.
+    pub fn parse(value: &str) -> Result<ContentType, Error> {
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json" | "text/json" => Ok(ContentType::Json),
+            "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
+                Ok(ContentType::MsgPack)
+            }
+            _ => Err(Error::new(
+                ErrorKind::UnsupportedMediaType,
+                format!(
+                    "unsupported content type {value:?}: use application/json or application/msgpack"
+                ),
+            )),
+        }
+    }
+
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, Error> {
+        let encoded = match self {
+            ContentType::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            ContentType::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+        };
+        encoded.map_err(|e| Error::internal(format!("cannot encode {} payload: {e}", self.mime())))
+    }
+
+    /// Decodes a whole payload: trailing bytes, truncation, excessive nesting and type
+    /// mismatches are all `InvalidInput`.
+    pub fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T, Error> {
+        let decoded = match self {
+            ContentType::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
+            ContentType::MsgPack => decode_msgpack(payload),
+        };
+        decoded.map_err(|e| {
+            let hint = if self == ContentType::Json {
+                " (a message without a content-type header is read as JSON; MessagePack must \
+                 set ce-datacontenttype: application/msgpack)"
+            } else {
+                ""
+            };
+            Error::invalid_input(format!("malformed {} payload: {e}{hint}", self.mime()))
+        })
+    }
+}
+
+fn decode_msgpack<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    if payload.is_empty() {
+        return Err("empty payload".into());
+    }
+    let mut cursor = std::io::Cursor::new(payload);
+    let mut de = rmp_serde::Deserializer::new(&mut cursor);
+    de.set_max_depth(MAX_DEPTH);
+    let value = T::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let consumed = cursor.position() as usize;
+    if consumed != payload.len() {
+        return Err(format!(
+            "{} trailing bytes after the document",
+            payload.len() - consumed
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_media_types_with_parameters_and_case() {
+        assert_eq!(
+            ContentType::parse("Application/JSON; charset=utf-8").unwrap(),
+            ContentType::Json
+        );
+        assert_eq!(
+            ContentType::parse("application/x-msgpack").unwrap(),
+            ContentType::MsgPack
+        );
+        let err = ContentType::parse("text/plain").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsupportedMediaType);
+    }
+
+    #[test]
+    fn msgpack_rejects_trailing_bytes_and_truncation() {
+        let mut bytes = ContentType::MsgPack.encode(&vec![1u32, 2, 3]).unwrap();
+        bytes.push(0xc0);
+        let err = ContentType::MsgPack.decode::<Vec<u32>>(&bytes).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let bytes = ContentType::MsgPack.encode(&"hello world").unwrap();
+        let err = ContentType::MsgPack
+            .decode::<String>(&bytes[..bytes.len() - 3])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,94 @@
+//! Header-value rules of the CloudEvents NATS binding and W3C trace context.
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// CloudEvents NATS binding: percent-encode space, `"`, `%` and anything outside
+/// printable ASCII (non-ASCII is always encoded by `utf8_percent_encode`).
+const CE_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%').add(0x7f);
+
+/// Encodes one attribute value for a `ce-*` header. CR and LF can never survive, so a
+/// value cannot break the NATS protocol framing.
+pub fn encode_value(value: &str) -> String {
+    utf8_percent_encode(value, CE_VALUE).to_string()
+}
+
+/// Decodes a `ce-*` header value; invalid UTF-8 after decoding is replaced, never fatal.
+pub fn decode_value(value: &str) -> String {
+    percent_decode_str(value).decode_utf8_lossy().into_owned()
+}
+
+/// A W3C `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent(String);
+
+impl TraceParent {
+    /// Starts a new trace (sampled), for messages that arrive without one.
+    pub fn new_root() -> TraceParent {
+        let trace = uuid::Uuid::now_v7().simple().to_string();
+        // The low 64 bits of a v7 UUID are random: a good parent (span) id.
+        let span = uuid::Uuid::now_v7().as_u64_pair().1 | 1;
+        TraceParent(format!("00-{trace}-{span:016x}-01"))
+    }
+
+    /// Parses a header value; anything not in the version-00 format is refused, and
+    /// the W3C rule then is to start a new trace rather than fail the message.
+    pub fn parse(value: &str) -> Option<TraceParent> {
+        let parts: Vec<&str> = value.trim().split('-').collect();
+        let [version, trace, parent, flags] = parts.as_slice() else {
+            return None;
+        };
+        let hex = |s: &str, len: usize| {
+            s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        let not_zero = |s: &str| s.bytes().any(|b| b != b'0');
+        let valid = *version == "00"
+            && hex(trace, 32)
+            && not_zero(trace)
+            && hex(parent, 16)
+            && not_zero(parent)
+            && hex(flags, 2);
+        valid.then(|| TraceParent(value.trim().to_string()))
+    }
+
+    /// The 32-hex trace id, for logs.
+    pub fn trace_id(&self) -> &str {
+        &self.0[3..35]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encodes_what_the_binding_requires() {
+        let raw = "a b\"c%d\r\né";
+        let encoded = encode_value(raw);
+        assert_eq!(encoded, "a%20b%22c%25d%0D%0A%C3%A9");
+        assert_eq!(decode_value(&encoded), raw);
+        assert_eq!(
+            encode_value("urn:switchyard/gateway"),
+            "urn:switchyard/gateway"
+        );
+    }
+
+    #[test]
+    fn traceparent_round_trip_and_refusals() {
+        let root = TraceParent::new_root();
+        assert_eq!(TraceParent::parse(root.as_str()), Some(root.clone()));
+        assert_eq!(root.trace_id().len(), 32);
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The one error taxonomy. Every component returns [`Error`]; its [`ErrorKind`] decides
+//! the reply code (`Nats-Service-Error-Code`, and the HTTP status the gateway maps it
+//! to), whether a caller may retry, and whether data involved is dead-lettered.
+//! Tests assert on kinds, never on message strings.
+
+use std::fmt;
+
+/// What went wrong, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong: malformed payload, bad subject token, invalid rule.
+    InvalidInput,
+    /// The named service, key or rule does not exist.
+    NotFound,
+    /// The payload exceeds the server's `max_payload` or a configured limit.
+    PayloadTooLarge,
+    /// The content type is neither JSON nor MessagePack.
+    UnsupportedMediaType,
+    /// Too much work in flight; back off and try again.
+    Overloaded,
+    /// Nobody is there to answer (no responders, no live instance).
+    Unavailable,
+    /// The deadline passed before an answer came.
+    Timeout,
+    /// A failure that may succeed when tried again.
+    Transient,
+    /// A failure that will fail again the same way.
+    Permanent,
+    /// A bug or an unexpected condition inside Switchyard.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, for documentation and exhaustive tests.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::NotFound,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::UnsupportedMediaType,
+        ErrorKind::Overloaded,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Transient,
+        ErrorKind::Permanent,
+        ErrorKind::Internal,
+    ];
+
+    /// The code carried in `Nats-Service-Error-Code`; HTTP-compatible on purpose so the
+    /// gateway's HTTP ingress answers with the same number.
+    pub fn code(self) -> u16 {
+        match self {
+            ErrorKind::InvalidInput => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::Permanent => 422,
+            ErrorKind::Overloaded => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::Transient => 502,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Timeout => 504,
+        }
+    }
+
+    /// The kind a reply code stands for; unknown codes map to the nearest class.
+    pub fn from_code(code: u16) -> ErrorKind {
+        match code {
+            400 => ErrorKind::InvalidInput,
+            404 => ErrorKind::NotFound,
+            413 => ErrorKind::PayloadTooLarge,
+            415 => ErrorKind::UnsupportedMediaType,
+            422 => ErrorKind::Permanent,
+            429 => ErrorKind::Overloaded,
+            502 => ErrorKind::Transient,
+            503 => ErrorKind::Unavailable,
+            504 => ErrorKind::Timeout,
+            400..=499 => ErrorKind::Permanent,
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether trying the same call again may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Overloaded
+                | ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::Transient
+        )
+    }
+
+    /// Stable snake_case name, used as the `kind` metric label and in error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A typed error: a kind plus a message meant for the person reading the reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn code(&self) -> u16 {
+        self.kind.code()
+    }
+
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidInput, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Unavailable, message)
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Timeout, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    /// Wraps a NATS-side failure, with `what` saying what Switchyard was doing.
+    pub fn nats(what: &str, err: impl fmt::Display) -> Self {
+        Error::unavailable(format!("{what}: {err}"))
+    }
+}
+
+impl From<async_nats::RequestError> for Error {
+    fn from(err: async_nats::RequestError) -> Self {
+        use async_nats::RequestErrorKind;
+        match err.kind() {
+            RequestErrorKind::NoResponders => Error::unavailable("no responders"),
+            RequestErrorKind::TimedOut => Error::timeout("request timed out"),
+            RequestErrorKind::InvalidSubject => Error::invalid_input(format!("{err}")),
+            RequestErrorKind::MaxPayloadExceeded => {
+                Error::new(ErrorKind::PayloadTooLarge, format!("{err}"))
+            }
+            RequestErrorKind::Other => Error::unavailable(format!("request failed: {err}")),
+        }
+    }
+}
+
+impl From<async_nats::PublishError> for Error {
+    fn from(err: async_nats::PublishError) -> Self {
+        use async_nats::client::PublishErrorKind;
+        match err.kind() {
+            PublishErrorKind::MaxPayloadExceeded => {
+                Error::new(ErrorKind::PayloadTooLarge, format!("{err}"))
+            }
+            PublishErrorKind::InvalidSubject => Error::invalid_input(format!("{err}")),
+            PublishErrorKind::Send => Error::unavailable(format!("publish failed: {err}")),
+        }
+    }
+}
+
+impl From<async_nats::jetstream::context::PublishError> for Error {
+    fn from(err: async_nats::jetstream::context::PublishError) -> Self {
+        use async_nats::jetstream::context::PublishErrorKind;
+        match err.kind() {
+            PublishErrorKind::MaxPayloadExceeded => {
+                Error::new(ErrorKind::PayloadTooLarge, format!("{err}"))
+            }
+            PublishErrorKind::TimedOut => Error::timeout(format!("JetStream publish: {err}")),
+            PublishErrorKind::StreamNotFound => {
+                Error::unavailable(format!("JetStream publish: {err}"))
+            }
+            _ => Error::new(ErrorKind::Transient, format!("JetStream publish: {err}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in ErrorKind::ALL {
+            assert!(seen.insert(kind.code()), "duplicate code for {kind}");
+            assert_eq!(ErrorKind::from_code(kind.code()), kind);
+        }
+    }
+
+    #[test]
+    fn only_passing_conditions_are_retryable() {
+        assert!(ErrorKind::Timeout.is_retryable());
+        assert!(ErrorKind::Transient.is_retryable());
+        assert!(!ErrorKind::InvalidInput.is_retryable());
+        assert!(!ErrorKind::Permanent.is_retryable());
+    }
+}

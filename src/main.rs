@@ -1,0 +1,64 @@
+//! The `switchyard` binary: parse, configure, wire. Everything else is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchyard::cli::{Cli, Command};
+use switchyard::config::{Config, ConfigError, EXIT_CONFIG};
+use switchyard::{app, bench, observability};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => return config_error(&ConfigError(first_line(&err.to_string()))),
+    };
+    let up_args = match &cli.command {
+        Command::Up(args) => Some(args),
+        Command::Bench(args) => Some(&args.server),
+        _ => None,
+    };
+    let config = match Config::load(&cli.global, up_args) {
+        Ok(config) => config,
+        Err(err) => return config_error(&err),
+    };
+    observability::logging::init(&config.log_filter, config.log_format);
+
+    let result = match cli.command {
+        Command::Up(_) => app::up(config).await,
+        Command::Run(args) => match app::select(&args.components) {
+            Ok(components) => app::run(config, components).await,
+            Err(err) => return config_error(&err),
+        },
+        Command::Components => {
+            print!("{}", app::describe_components());
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(config, args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("switchyard: {}", err.message());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(err: &ConfigError) -> ExitCode {
+    eprintln!("switchyard: {err}");
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .next()
+        .unwrap_or(text)
+        .trim_start_matches("error: ")
+        .to_string()
+}

@@ -1,0 +1,10 @@
+//! NATS infrastructure every component stands on: the embedded server, connecting, and
+//! provisioning the streams and buckets named in [`crate::subjects`].
+
+pub mod connect;
+pub mod embedded;
+pub mod provision;
+
+pub use connect::connect;
+pub use embedded::{EmbeddedServer, ServerOptions};
+pub use provision::{Provisioned, missing, provision};

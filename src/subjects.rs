@@ -1,0 +1,225 @@
+//! Every NATS name Switchyard uses: subjects, queue groups, streams, KV buckets and
+//! headers. This file and `subjects.md` are the contract; `tests/subjects_contract.rs`
+//! fails when they disagree, so a new name starts here and in `subjects.md` together.
+//!
+//! Builders that put caller-supplied text into a subject validate every token: a space,
+//! a dot or a CR/LF in a token would otherwise change the subject or break the protocol.
+
+use crate::error::Error;
+
+/// Gateway ingress, request-reply: `api.<service>.<operation>`.
+pub const API: &str = "api.<service>.<operation>";
+/// Service endpoints behind the gateway (NATS micro endpoints).
+pub const SVC: &str = "svc.<service>.<operation>";
+/// Event bus, captured by stream `EVENTS`.
+pub const EVENTS: &str = "events.<domain>.<name>";
+/// Data flow and sync, captured by stream `DATA`.
+pub const DATA: &str = "data.>";
+/// Durable task work items, captured by the work-queue stream `TASKS`.
+pub const TASKS_WORK: &str = "tasks.work.<service>.<operation>";
+/// Dead letters, captured by stream `DLQ`.
+pub const DLQ: &str = "dlq.<original subject>";
+/// Error records per component, captured by stream `ERRORS`.
+pub const ERRORS: &str = "errors.<component>";
+/// Logs per level and component, captured by stream `LOGS`.
+pub const LOGS: &str = "logs.<level>.<component>";
+/// Alerts per severity and rule, captured by stream `ALERTS`.
+pub const ALERTS: &str = "alerts.<severity>.<rule>";
+
+/// Every running instance answers (no queue group): who it is and what it runs.
+pub const SYS_PING: &str = "sys.ping";
+/// Decodes an envelope and answers it back in the caller's codec (queue group).
+pub const SYS_ECHO: &str = "sys.echo";
+
+/// Queue group shared by every instance of a Switchyard component, so that a request
+/// reaches one instance while events fan out.
+pub const QUEUE_GROUP: &str = "switchyard";
+
+/// A JetStream stream Switchyard owns, with the subjects it captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamName {
+    pub name: &'static str,
+    pub subjects: &'static [&'static str],
+}
+
+pub const STREAM_EVENTS: StreamName = StreamName {
+    name: "EVENTS",
+    subjects: &["events.>"],
+};
+pub const STREAM_DATA: StreamName = StreamName {
+    name: "DATA",
+    subjects: &["data.>"],
+};
+pub const STREAM_TASKS: StreamName = StreamName {
+    name: "TASKS",
+    subjects: &["tasks.work.>"],
+};
+pub const STREAM_DLQ: StreamName = StreamName {
+    name: "DLQ",
+    subjects: &["dlq.>"],
+};
+pub const STREAM_ERRORS: StreamName = StreamName {
+    name: "ERRORS",
+    subjects: &["errors.>"],
+};
+pub const STREAM_LOGS: StreamName = StreamName {
+    name: "LOGS",
+    subjects: &["logs.>"],
+};
+pub const STREAM_ALERTS: StreamName = StreamName {
+    name: "ALERTS",
+    subjects: &["alerts.>"],
+};
+
+/// Every stream, in the order `up` provisions them.
+pub const STREAMS: [StreamName; 7] = [
+    STREAM_EVENTS,
+    STREAM_DATA,
+    STREAM_TASKS,
+    STREAM_DLQ,
+    STREAM_ERRORS,
+    STREAM_LOGS,
+    STREAM_ALERTS,
+];
+
+pub const BUCKET_REGISTRY: &str = "registry";
+pub const BUCKET_FLOWS: &str = "flows";
+pub const BUCKET_CACHE: &str = "cache";
+pub const BUCKET_TASKS: &str = "tasks";
+pub const BUCKET_POLICIES: &str = "policies";
+pub const BUCKET_COORD: &str = "coord";
+
+/// Every KV bucket, in the order `up` provisions them.
+pub const BUCKETS: [&str; 6] = [
+    BUCKET_REGISTRY,
+    BUCKET_FLOWS,
+    BUCKET_CACHE,
+    BUCKET_TASKS,
+    BUCKET_POLICIES,
+    BUCKET_COORD,
+];
+
+/// Headers Switchyard reads or writes (CloudEvents NATS binding, header mode).
+pub mod headers {
+    pub const CE_SPECVERSION: &str = "ce-specversion";
+    pub const CE_ID: &str = "ce-id";
+    pub const CE_SOURCE: &str = "ce-source";
+    pub const CE_TYPE: &str = "ce-type";
+    pub const CE_TIME: &str = "ce-time";
+    pub const CE_DATACONTENTTYPE: &str = "ce-datacontenttype";
+    /// CloudEvents extension: the id shared by every message of one conversation.
+    pub const CE_CORRELATIONID: &str = "ce-correlationid";
+    /// CloudEvents extension: the `ce-id` of the message that caused this one.
+    pub const CE_CAUSATIONID: &str = "ce-causationid";
+    /// W3C trace context, passed on at every hop.
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    /// Accepted as a fallback for `ce-datacontenttype` from plain NATS clients.
+    pub const CONTENT_TYPE: &str = "Content-Type";
+    /// JetStream de-duplication id; Switchyard sets it to `ce-id`.
+    pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+    /// NATS micro error description and code on an error reply.
+    pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+    pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+    /// Every header above, for the subjects.md contract test.
+    pub const ALL: [&str; 14] = [
+        CE_SPECVERSION,
+        CE_ID,
+        CE_SOURCE,
+        CE_TYPE,
+        CE_TIME,
+        CE_DATACONTENTTYPE,
+        CE_CORRELATIONID,
+        CE_CAUSATIONID,
+        TRACEPARENT,
+        TRACESTATE,
+        CONTENT_TYPE,
+        NATS_MSG_ID,
+        SERVICE_ERROR,
+        SERVICE_ERROR_CODE,
+    ];
+}
+
+/// Every subject family and fixed subject, for the subjects.md contract test.
+pub const ALL_SUBJECTS: [&str; 11] = [
+    API, SVC, EVENTS, DATA, TASKS_WORK, DLQ, ERRORS, LOGS, ALERTS, SYS_PING, SYS_ECHO,
+];
+
+/// Checks one subject token supplied by a caller (a service, operation, domain or
+/// component name): 1 to 128 characters of `A-Z a-z 0-9 _ -`. The same alphabet NATS
+/// micro demands of service and endpoint names, so a valid token works everywhere.
+pub fn validate_token(what: &str, token: &str) -> Result<(), Error> {
+    let valid = !token.is_empty()
+        && token.len() <= 128
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(format!(
+            "invalid {what} {token:?}: a subject token is 1-128 characters of A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
+fn join(prefix: &str, tokens: &[(&str, &str)]) -> Result<String, Error> {
+    let mut subject = String::from(prefix);
+    for (what, token) in tokens {
+        validate_token(what, token)?;
+        subject.push('.');
+        subject.push_str(token);
+    }
+    Ok(subject)
+}
+
+/// `api.<service>.<operation>`
+pub fn api(service: &str, operation: &str) -> Result<String, Error> {
+    join("api", &[("service", service), ("operation", operation)])
+}
+
+/// `svc.<service>.<operation>`
+pub fn svc(service: &str, operation: &str) -> Result<String, Error> {
+    join("svc", &[("service", service), ("operation", operation)])
+}
+
+/// `events.<domain>.<name>`
+pub fn event(domain: &str, name: &str) -> Result<String, Error> {
+    join("events", &[("domain", domain), ("name", name)])
+}
+
+/// `errors.<component>`
+pub fn errors(component: &str) -> Result<String, Error> {
+    join("errors", &[("component", component)])
+}
+
+/// `dlq.<original subject>`: the original subject is kept whole so a redrive knows
+/// where the message came from.
+pub fn dlq(original: &str) -> Result<String, Error> {
+    for token in original.split('.') {
+        validate_token("subject token", token)?;
+    }
+    Ok(format!("dlq.{original}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_subjects_from_valid_tokens() {
+        assert_eq!(api("echo", "say").unwrap(), "api.echo.say");
+        assert_eq!(svc("my-svc", "do_it").unwrap(), "svc.my-svc.do_it");
+        assert_eq!(dlq("data.in.orders").unwrap(), "dlq.data.in.orders");
+    }
+
+    #[test]
+    fn refuses_tokens_that_would_change_the_subject() {
+        for bad in ["", "a b", "a.b", "a*", ">", "x\r\ny", "é", &"x".repeat(129)] {
+            let err = api(bad, "op").unwrap_err();
+            assert_eq!(err.kind(), crate::error::ErrorKind::InvalidInput, "{bad:?}");
+        }
+        assert!(dlq("data..in").is_err());
+    }
+}
