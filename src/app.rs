@@ -59,6 +59,19 @@ pub fn describe_components() -> String {
     out
 }
 
+/// `switchyard decode`: stdin (one payload) to stdout, MessagePack shown as JSON.
+pub fn decode_stdio() -> Result<(), Error> {
+    use std::io::{Read, Write};
+    let mut payload = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut payload)
+        .map_err(|e| Error::invalid_input(format!("cannot read stdin: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&crate::envelope::to_display_json(&payload))
+        .and_then(|()| out.write_all(b"\n"))
+        .map_err(|e| Error::internal(format!("cannot write stdout: {e}")))
+}
+
 /// `switchyard up`: everything in one process, on an embedded nats-server unless the
 /// configuration names one.
 pub async fn up(config: Config) -> Result<(), Error> {

@@ -61,6 +61,9 @@ pub enum Command {
     Components,
     /// Measure the raw-NATS baselines every Switchyard path is compared to.
     Bench(BenchArgs),
+    /// Print a MessagePack payload from stdin as JSON (for `nats sub --translate`);
+    /// JSON and other text pass through unchanged.
+    Decode,
 }
 
 #[derive(Debug, Args, Default)]

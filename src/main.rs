@@ -40,6 +40,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Bench(args) => bench::run(config, args).await,
+        Command::Decode => app::decode_stdio(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

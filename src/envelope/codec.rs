@@ -82,6 +82,18 @@ impl ContentType {
     }
 }
 
+/// Renders a payload for people: JSON stays as it is, a whole MessagePack document
+/// becomes JSON, anything else is returned unchanged.
+pub fn to_display_json(payload: &[u8]) -> Vec<u8> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
+        return payload.to_vec();
+    }
+    match decode_msgpack::<rmpv::Value>(payload) {
+        Ok(value) => serde_json::to_vec(&value).unwrap_or_else(|_| payload.to_vec()),
+        Err(_) => payload.to_vec(),
+    }
+}
+
 fn decode_msgpack<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
     if payload.is_empty() {
         return Err("empty payload".into());
@@ -116,6 +128,16 @@ mod tests {
         );
         let err = ContentType::parse("text/plain").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnsupportedMediaType);
+    }
+
+    #[test]
+    fn display_json_decodes_msgpack_and_passes_json_through() {
+        let packed = ContentType::MsgPack
+            .encode(&serde_json::json!({"a": [1, "x"]}))
+            .unwrap();
+        assert_eq!(to_display_json(&packed), br#"{"a":[1,"x"]}"#.to_vec());
+        assert_eq!(to_display_json(br#"{"b":2}"#), br#"{"b":2}"#.to_vec());
+        assert_eq!(to_display_json(b"\xc1 not either"), b"\xc1 not either".to_vec());
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod codec;
 mod headers;
 mod send;
 
-pub use codec::{ContentType, MAX_DEPTH};
+pub use codec::{ContentType, MAX_DEPTH, to_display_json};
 pub use headers::{TraceParent, decode_value, encode_value};
 pub use send::{Outgoing, check_size, error_from_reply, publish, publish_durable, request};
 

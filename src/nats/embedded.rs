@@ -24,6 +24,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How to start the server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
+    /// Port 0 lets the server choose a free port (tests); [`EmbeddedServer::listen`]
+    /// then tells which.
     pub listen: SocketAddr,
     /// JetStream store (`<dir>/jetstream`), server log and generated files go here.
     pub data_dir: PathBuf,
@@ -61,16 +63,27 @@ impl EmbeddedServer {
     }
 
     fn spawn(&mut self) -> Result<(), Error> {
-        ensure_port_free(self.options.listen)?;
-        let log = self.log_path();
+        let random_port = self.options.listen.port() == 0;
         let mut command = Command::new(&self.binary);
         command
             .arg("-c")
             .arg(&self.config)
             .arg("-a")
-            .arg(self.options.listen.ip().to_string())
-            .arg("-p")
-            .arg(self.options.listen.port().to_string())
+            .arg(self.options.listen.ip().to_string());
+        if random_port {
+            // The server picks a free port itself and reports it in a ports file:
+            // no window in which another process can take a port we probed.
+            command
+                .args(["-p", "-1", "--ports_file_dir"])
+                .arg(&self.options.data_dir);
+        } else {
+            ensure_port_free(self.options.listen)?;
+            command
+                .arg("-p")
+                .arg(self.options.listen.port().to_string());
+        }
+        let log = self.log_path();
+        command
             .arg("-sd")
             .arg(&self.options.data_dir)
             .arg("-l")
@@ -98,7 +111,12 @@ impl EmbeddedServer {
                     last_error_line(&self.log_path())
                 )));
             }
-            if TcpStream::connect_timeout(&self.options.listen, Duration::from_millis(200)).is_ok()
+            if self.options.listen.port() == 0 {
+                if let Some(port) = self.reported_port() {
+                    self.options.listen.set_port(port);
+                }
+            } else if TcpStream::connect_timeout(&self.options.listen, Duration::from_millis(200))
+                .is_ok()
             {
                 return Ok(());
             }
@@ -113,6 +131,16 @@ impl EmbeddedServer {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The port a server started with `-p -1` wrote into its ports file.
+    fn reported_port(&self) -> Option<u16> {
+        let pid = self.child.as_ref()?.id();
+        let file = self.options.data_dir.join(format!("nats-server_{pid}.ports"));
+        let text = std::fs::read_to_string(file).ok()?;
+        let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let url = ports["nats"][0].as_str()?;
+        url.rsplit(':').next()?.parse().ok()
     }
 
     pub fn url(&self) -> String {

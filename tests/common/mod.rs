@@ -1,0 +1,210 @@
+//! Test harness: a real nats-server on a free loopback port with a temporary store,
+//! killed on drop, its log printed when the test failed. No mock of NATS anywhere.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard::nats::{EmbeddedServer, ServerOptions};
+
+/// A loopback port nobody listens on right now.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address")
+}
+
+pub struct TestServer {
+    pub server: EmbeddedServer,
+    dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts nats-server with the repository's `nats/dev.conf`. A missing server is a
+    /// failure (run scripts/setup), never a skip.
+    pub fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("temporary store");
+        let options = ServerOptions {
+            // Port 0: the server picks a free port itself, so parallel tests never race.
+            listen: "127.0.0.1:0".parse().expect("loopback address"),
+            data_dir: dir.path().to_path_buf(),
+            config: Some(repo_path("nats/dev.conf")),
+            binary: None,
+        };
+        match EmbeddedServer::start(options) {
+            Ok(server) => TestServer { server, dir },
+            Err(err) => panic!("cannot start nats-server (run scripts/setup): {err}"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        switchyard::nats::connect(&self.url(), "switchyard-test")
+            .await
+            .expect("connect to the test server")
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.server.log_path()).unwrap_or_default();
+            eprintln!("---- nats-server log ({}) ----\n{log}", self.server.log_path().display());
+        }
+    }
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A `switchyard` process started by a test, killed on drop, its output printed when
+/// the test failed.
+pub struct Process {
+    pub child: Option<Child>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    pub fn spawn(args: &[&str], cwd: &std::path::Path) -> Process {
+        let dir = tempfile::tempdir().expect("output dir");
+        let stdout = dir.path().join("stdout");
+        let stderr = dir.path().join("stderr");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("NATS_URL")
+            .env("SWITCHYARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn switchyard");
+        Process {
+            child: Some(child),
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe {
+            libc::kill(self.pid() as i32, signal);
+        }
+    }
+
+    /// Waits for the exit code, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- switchyard stdout ----\n{}\n---- switchyard stderr ----\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+}
+
+/// Runs `switchyard` to completion: (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&str], cwd: &std::path::Path) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("NATS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchyard");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A minimal HTTP/1.0 GET: (status, body). `None` when nothing listens.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, at most `timeout`. Waiting is
+/// bounded so a broken build fails instead of hanging; the bound is generous because
+/// the machines are shared and slow, and no test asserts on how long it took.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a process with this pid still exists (and is not a zombie we reaped).
+pub fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Field 3 is the state; Z is a zombie, as good as gone.
+    !stat.is_empty() && stat.split_whitespace().nth(2) != Some("Z")
+}
+
+/// Child processes of `pid` (from /proc).
+pub fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
