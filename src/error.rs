@@ -65,18 +65,13 @@ impl ErrorKind {
 
     /// The kind a reply code stands for; unknown codes map to the nearest class.
     pub fn from_code(code: u16) -> ErrorKind {
-        match code {
-            400 => ErrorKind::InvalidInput,
-            404 => ErrorKind::NotFound,
-            413 => ErrorKind::PayloadTooLarge,
-            415 => ErrorKind::UnsupportedMediaType,
-            422 => ErrorKind::Permanent,
-            429 => ErrorKind::Overloaded,
-            502 => ErrorKind::Transient,
-            503 => ErrorKind::Unavailable,
-            504 => ErrorKind::Timeout,
-            400..=499 => ErrorKind::Permanent,
-            _ => ErrorKind::Internal,
+        if let Some(kind) = ErrorKind::ALL.into_iter().find(|k| k.code() == code) {
+            return kind;
+        }
+        if (400..500).contains(&code) {
+            ErrorKind::Permanent
+        } else {
+            ErrorKind::Internal
         }
     }
 

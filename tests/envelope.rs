@@ -29,14 +29,23 @@ async fn start() -> Running {
     let server = common::TestServer::start();
     let client = server.client().await;
     let js = async_nats::jetstream::new(client.clone());
-    switchyard::nats::provision(&js, &JetStreamConfig { replicas: 1, ..Default::default() })
-        .await
-        .expect("provision");
+    switchyard::nats::provision(
+        &js,
+        &JetStreamConfig {
+            replicas: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("provision");
     let supervisor = Supervisor::start(
         server.client().await,
         vec![Box::new(InstanceComponent)],
         Readiness::default(),
-        JetStreamConfig { replicas: 1, ..Default::default() },
+        JetStreamConfig {
+            replicas: 1,
+            ..Default::default()
+        },
     )
     .await
     .expect("start the instance component");
@@ -48,7 +57,11 @@ async fn start() -> Running {
 }
 
 /// A raw request: headers and payload exactly as given, the raw reply back.
-async fn raw(client: &async_nats::Client, headers: HeaderMap, payload: Vec<u8>) -> async_nats::Message {
+async fn raw(
+    client: &async_nats::Client,
+    headers: HeaderMap,
+    payload: Vec<u8>,
+) -> async_nats::Message {
     let request = async_nats::Request::new()
         .headers(headers)
         .payload(payload.into())
@@ -60,8 +73,12 @@ async fn raw(client: &async_nats::Client, headers: HeaderMap, payload: Vec<u8>) 
 }
 
 fn error_of(reply: &async_nats::Message) -> (ErrorKind, ErrorBody) {
-    let err = envelope::error_from_reply(reply.headers.as_ref())
-        .unwrap_or_else(|| panic!("an error reply, got {:?} {:?}", reply.headers, reply.payload));
+    let err = envelope::error_from_reply(reply.headers.as_ref()).unwrap_or_else(|| {
+        panic!(
+            "an error reply, got {:?} {:?}",
+            reply.headers, reply.payload
+        )
+    });
     let content_type = reply
         .headers
         .as_ref()
@@ -77,7 +94,10 @@ fn error_of(reply: &async_nats::Message) -> (ErrorKind, ErrorBody) {
 async fn assert_still_serving(client: &async_nats::Client) {
     let reply = raw(client, HeaderMap::new(), br#"{"still":"here"}"#.to_vec()).await;
     assert!(envelope::error_from_reply(reply.headers.as_ref()).is_none());
-    assert_eq!(client.connection_state(), async_nats::connection::State::Connected);
+    assert_eq!(
+        client.connection_state(),
+        async_nats::connection::State::Connected
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,10 +107,14 @@ async fn msgpack_round_trip_keeps_attributes_and_data() {
     let meta = Meta::new("urn:test:client with space", "io.switchyard.test")
         .with_content_type(ContentType::MsgPack);
     let request = Envelope::new(meta.clone(), data.clone());
-    let reply: Envelope<Echo> =
-        envelope::request(&running.client, subjects::SYS_ECHO.into(), &request, TIMEOUT)
-            .await
-            .expect("echo");
+    let reply: Envelope<Echo> = envelope::request(
+        &running.client,
+        subjects::SYS_ECHO.into(),
+        &request,
+        TIMEOUT,
+    )
+    .await
+    .expect("echo");
     // What the component read is what we sent, percent-encoding undone.
     assert_eq!(reply.data.meta, meta);
     assert_eq!(serde_json::to_value(&reply.data.data).unwrap(), data);
@@ -100,7 +124,12 @@ async fn msgpack_round_trip_keeps_attributes_and_data() {
     assert_eq!(reply.meta.causation_id.as_deref(), Some(meta.id.as_str()));
     assert_eq!(reply.meta.traceparent, meta.traceparent);
     assert_ne!(reply.meta.id, meta.id);
-    assert_eq!(uuid::Uuid::parse_str(&reply.meta.id).unwrap().get_version_num(), 7);
+    assert_eq!(
+        uuid::Uuid::parse_str(&reply.meta.id)
+            .unwrap()
+            .get_version_num(),
+        7
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +150,10 @@ async fn json_round_trip_and_bare_requests_are_answered_in_json() {
     // What `nats req sys.echo '{"a":1}'` sends: no headers at all.
     let bare = raw(&running.client, HeaderMap::new(), br#"{"a":1}"#.to_vec()).await;
     let headers = bare.headers.clone().expect("reply headers");
-    assert_eq!(headers.get(h::CE_DATACONTENTTYPE).unwrap().as_str(), "application/json");
+    assert_eq!(
+        headers.get(h::CE_DATACONTENTTYPE).unwrap().as_str(),
+        "application/json"
+    );
     assert_eq!(headers.get(h::CE_SPECVERSION).unwrap().as_str(), "1.0");
     let echo: serde_json::Value = serde_json::from_slice(&bare.payload).expect("JSON reply");
     assert_eq!(echo["data"], json!({"a": 1}));
@@ -132,7 +164,9 @@ async fn json_round_trip_and_bare_requests_are_answered_in_json() {
     headers.insert(h::CONTENT_TYPE, "application/msgpack");
     let packed = ContentType::MsgPack.encode(&json!({"b": 2})).unwrap();
     let reply = raw(&running.client, headers, packed).await;
-    let echo: Echo = ContentType::MsgPack.decode(&reply.payload).expect("msgpack reply");
+    let echo: Echo = ContentType::MsgPack
+        .decode(&reply.payload)
+        .expect("msgpack reply");
     assert_eq!(serde_json::to_value(&echo.data).unwrap(), json!({"b": 2}));
 }
 
@@ -165,17 +199,30 @@ async fn bad_inputs_get_typed_errors_and_the_connection_survives() {
     let reply = raw(client, HeaderMap::new(), b"{not json".to_vec()).await;
     let (kind, body) = error_of(&reply);
     assert_eq!(kind, ErrorKind::InvalidInput);
-    assert!(body.error.message.contains("JSON"), "{}", body.error.message);
+    assert!(
+        body.error.message.contains("JSON"),
+        "{}",
+        body.error.message
+    );
     assert_eq!(
-        reply.headers.as_ref().unwrap().get(h::SERVICE_ERROR_CODE).unwrap().as_str(),
+        reply
+            .headers
+            .as_ref()
+            .unwrap()
+            .get(h::SERVICE_ERROR_CODE)
+            .unwrap()
+            .as_str(),
         "400"
     );
 
     // Truncated MessagePack.
     let mut headers = HeaderMap::new();
     headers.insert(h::CE_DATACONTENTTYPE, "application/msgpack");
-    let packed = ContentType::MsgPack.encode(&json!({"key": "a long enough value"})).unwrap();
-    let (kind, _) = error_of(&raw(client, headers.clone(), packed[..packed.len() / 2].to_vec()).await);
+    let packed = ContentType::MsgPack
+        .encode(&json!({"key": "a long enough value"}))
+        .unwrap();
+    let (kind, _) =
+        error_of(&raw(client, headers.clone(), packed[..packed.len() / 2].to_vec()).await);
     assert_eq!(kind, ErrorKind::InvalidInput);
 
     // Deeply nested, in both codecs: refused, not a stack overflow.
@@ -250,7 +297,10 @@ async fn durable_publish_sets_msg_id_and_deduplicates() {
     assert_eq!(first, again, "the same ce-id is stored once");
     let mut stream = js.get_stream("EVENTS").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
-    let stored = stream.get_last_raw_message_by_subject("events.test.created").await.unwrap();
+    let stored = stream
+        .get_last_raw_message_by_subject("events.test.created")
+        .await
+        .unwrap();
     let headers = stored.headers;
     assert_eq!(headers.get(h::NATS_MSG_ID).unwrap().as_str(), event.meta.id);
     assert_eq!(headers.get(h::CE_ID).unwrap().as_str(), event.meta.id);

@@ -80,8 +80,8 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// Subscribes `endpoint` and serves it with `handler` until shutdown. Returns once the
-/// subscription is live on the server.
+/// Subscribes `endpoint` and serves it with `handler` until shutdown. The supervisor
+/// confirms with the server that the subscription is live before declaring readiness.
 pub async fn serve<H, Fut>(
     ctx: &Context,
     component: &'static str,
@@ -102,11 +102,6 @@ where
         None => ctx.client.subscribe(subject.clone()).await,
     }
     .map_err(|e| Error::nats(&format!("subscribe {subject}"), e))?;
-    // Readiness must mean the server routes to us, not that a SUB sits in a buffer.
-    ctx.client
-        .flush()
-        .await
-        .map_err(|e| Error::nats("flush after subscribe", e))?;
 
     let ctx2 = ctx.clone();
     let handler = Arc::new(handler);

@@ -12,6 +12,7 @@ use super::{Component, Context, Instance};
 use crate::admin::Readiness;
 use crate::config::JetStreamConfig;
 use crate::error::Error;
+use crate::nats::connect::round_trip;
 use crate::nats::provision;
 use crate::observability::metrics as m;
 
@@ -54,7 +55,12 @@ impl Supervisor {
         });
         let ctx = Context::new(client, instance);
         for component in &components {
-            if let Err(err) = component.start(ctx.clone()).await {
+            // Started means the server already routes to it: hence the round trip.
+            let started = match component.start(ctx.clone()).await {
+                Ok(()) => round_trip(&ctx.client).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = started {
                 let err = Error::new(
                     err.kind(),
                     format!(
@@ -106,10 +112,13 @@ impl Supervisor {
                 "in-flight work did not finish within the grace period"
             );
         }
-        let drained = matches!(
-            tokio::time::timeout(grace, self.ctx.client.drain()).await,
-            Ok(Ok(()))
-        );
+        // The replies just sent must reach the server before the connection closes:
+        // async-nats's drain does not wait for that by itself.
+        let drained = tokio::time::timeout(grace, async {
+            round_trip(&self.ctx.client).await.is_ok() && self.ctx.client.drain().await.is_ok()
+        })
+        .await
+        .unwrap_or(false);
         for component in &self.ctx.instance.components {
             metrics::gauge!(m::COMPONENT_UP, "component" => *component).set(0.0);
         }

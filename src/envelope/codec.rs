@@ -137,7 +137,10 @@ mod tests {
             .unwrap();
         assert_eq!(to_display_json(&packed), br#"{"a":[1,"x"]}"#.to_vec());
         assert_eq!(to_display_json(br#"{"b":2}"#), br#"{"b":2}"#.to_vec());
-        assert_eq!(to_display_json(b"\xc1 not either"), b"\xc1 not either".to_vec());
+        assert_eq!(
+            to_display_json(b"\xc1 not either"),
+            b"\xc1 not either".to_vec()
+        );
     }
 
     #[test]

@@ -30,3 +30,25 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
     check_version(&info.version, &format!("server at {url}"))?;
     Ok(client)
 }
+
+/// Waits until the server has processed everything this client sent before the call:
+/// a message to our own fresh inbox comes back only after the server handled every
+/// earlier SUB and PUB on this connection. (`Client::flush` only empties the socket
+/// buffer; it does not wait for the server.)
+pub async fn round_trip(client: &Client) -> Result<(), Error> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| Error::nats("subscribe for a round trip", e))?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| Error::nats("publish for a round trip", e))?;
+    match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Error::unavailable("connection closed during a round trip")),
+        Err(_) => Err(Error::timeout("NATS round trip took over 10 s")),
+    }
+}

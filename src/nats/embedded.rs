@@ -136,7 +136,10 @@ impl EmbeddedServer {
     /// The port a server started with `-p -1` wrote into its ports file.
     fn reported_port(&self) -> Option<u16> {
         let pid = self.child.as_ref()?.id();
-        let file = self.options.data_dir.join(format!("nats-server_{pid}.ports"));
+        let file = self
+            .options
+            .data_dir
+            .join(format!("nats-server_{pid}.ports"));
         let text = std::fs::read_to_string(file).ok()?;
         let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
         let url = ports["nats"][0].as_str()?;

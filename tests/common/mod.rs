@@ -58,7 +58,10 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.server.log_path()).unwrap_or_default();
-            eprintln!("---- nats-server log ({}) ----\n{log}", self.server.log_path().display());
+            eprintln!(
+                "---- nats-server log ({}) ----\n{log}",
+                self.server.log_path().display()
+            );
         }
     }
 }
@@ -172,7 +175,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
     Some((status, body))
 }
 
