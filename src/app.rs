@@ -23,23 +23,17 @@ pub fn catalog() -> Vec<Box<dyn Component>> {
 
 /// The named components, or a configuration error naming the unknown one.
 pub fn select(names: &[String]) -> Result<Vec<Box<dyn Component>>, ConfigError> {
-    let mut chosen: Vec<Box<dyn Component>> = Vec::new();
-    for component in catalog() {
-        if names.iter().any(|n| n == component.name()) {
-            chosen.push(component);
-        }
-    }
-    if let Some(unknown) = names
-        .iter()
-        .find(|n| !catalog().iter().any(|c| c.name() == n.as_str()))
-    {
-        let known: Vec<&str> = catalog().iter().map(|c| c.name()).collect();
+    let known: Vec<&'static str> = catalog().iter().map(|c| c.name()).collect();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
         return Err(ConfigError(format!(
             "unknown component {unknown:?} (known: {})",
             known.join(", ")
         )));
     }
-    Ok(chosen)
+    Ok(catalog()
+        .into_iter()
+        .filter(|c| names.iter().any(|n| n == c.name()))
+        .collect())
 }
 
 /// `switchyard components`: each component with its subjects.

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Process, eventually, free_addr, http_get};
+use common::{Process, eventually, http_get};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -16,19 +16,7 @@ fn readyz(admin: std::net::SocketAddr) -> Option<(u16, String)> {
 #[test]
 fn readiness_flips_with_the_server_and_with_missing_streams() {
     let mut server = common::TestServer::start();
-    let admin = free_addr();
-    let dir = tempfile::tempdir().unwrap();
-    let _run = Process::spawn(
-        &[
-            "run",
-            "instance",
-            "--nats",
-            &server.url(),
-            "--admin",
-            &admin.to_string(),
-        ],
-        dir.path(),
-    );
+    let (_run, admin) = Process::run_instance(&server.url());
     let ok = |status: u16| move |r: Option<(u16, String)>| r.filter(|(s, _)| *s == status);
     eventually(WAIT, || ok(200)(readyz(admin))).expect("ready");
 

@@ -182,19 +182,7 @@ fn bad_configuration_exits_64_with_one_line() {
 #[test]
 fn run_serves_named_components_on_an_existing_server() {
     let server = common::TestServer::start();
-    let admin = free_addr();
-    let dir = tempfile::tempdir().unwrap();
-    let mut run = Process::spawn(
-        &[
-            "run",
-            "instance",
-            "--nats",
-            &server.url(),
-            "--admin",
-            &admin.to_string(),
-        ],
-        dir.path(),
-    );
+    let (mut run, admin) = Process::run_instance(&server.url());
     wait_ready(admin, &mut run);
     let pong = nats_cli(&server.url(), &["req", "sys.ping", "", "--raw"]);
     assert!(pong.contains(r#""components":["instance"]"#), "{pong}");
@@ -203,4 +191,34 @@ fn run_serves_named_components_on_an_existing_server() {
     assert_eq!(run.wait(WAIT), Some(0));
     // The server was not ours to stop.
     assert!(server.server.pid().is_some_and(alive));
+}
+
+#[test]
+fn an_old_nats_server_is_refused_with_its_version_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("nats-server");
+    // What Debian's package answers.
+    std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+    let mut permissions = std::fs::metadata(&fake).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&fake, permissions).unwrap();
+    let (nats, admin) = (free_addr().to_string(), free_addr().to_string());
+    let (code, _, stderr) = run_to_end(
+        &[
+            "up",
+            "--nats-server",
+            &fake.to_string_lossy(),
+            "--nats-listen",
+            &nats,
+            "--admin",
+            &admin,
+        ],
+        dir.path(),
+    );
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("2.9.10") && stderr.contains("scripts/setup"),
+        "{stderr}"
+    );
 }

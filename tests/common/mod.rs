@@ -102,6 +102,21 @@ impl Process {
         }
     }
 
+    /// `switchyard run instance` against `url`, with its admin endpoint on a free port.
+    pub fn run_instance(url: &str) -> (Process, SocketAddr) {
+        let admin = free_addr();
+        let cwd = std::env::temp_dir();
+        let args = [
+            "run",
+            "instance",
+            "--nats",
+            url,
+            "--admin",
+            &admin.to_string(),
+        ];
+        (Process::spawn(&args, &cwd), admin)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or_default()
     }
