@@ -7,7 +7,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Process, alive, children, eventually, free_addr, http_get, run_to_end};
+use common::{
+    Process, alive, children, eventually, free_addr, http_get, run_to_end, run_to_end_with_env,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -176,6 +178,50 @@ fn bad_configuration_exits_64_with_one_line() {
         let (code, _, stderr) = run_to_end(&args, dir.path());
         assert_eq!(code, 64, "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn env_vars_stand_in_for_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, value) in [
+        ("SWITCHYARD_ADMIN", "nonsense"),
+        ("SWITCHYARD_GRACE", "soon"),
+        ("SWITCHYARD_LOG_FORMAT", "xml"),
+        ("NATS_URL", "nats://bad host:-1"),
+    ] {
+        let (code, _, stderr) = run_to_end_with_env(&["up"], dir.path(), &[(name, value)]);
+        assert_eq!(code, 64, "{name}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
+    }
+    // A busy admin port given by env is reported like the flag's.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let (code, _, stderr) = run_to_end_with_env(
+        &["up"],
+        dir.path(),
+        &[("SWITCHYARD_ADMIN", busy_addr.as_str())],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&busy_addr) && stderr.contains("already in use"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let server = common::TestServer::start();
+    let (mut run, admin) =
+        Process::run_instance_with_args(&server.url(), &["--log-format", "json"]);
+    wait_ready(admin, &mut run);
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait(WAIT), Some(0));
+    let stderr = run.stderr();
+    assert!(stderr.lines().count() >= 2, "{stderr}");
+    for line in stderr.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(value["level"].is_string(), "{line}");
     }
 }
 

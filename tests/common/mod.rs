@@ -104,17 +104,15 @@ impl Process {
 
     /// `switchyard run instance` against `url`, with its admin endpoint on a free port.
     pub fn run_instance(url: &str) -> (Process, SocketAddr) {
-        let admin = free_addr();
-        let cwd = std::env::temp_dir();
-        let args = [
-            "run",
-            "instance",
-            "--nats",
-            url,
-            "--admin",
-            &admin.to_string(),
-        ];
-        (Process::spawn(&args, &cwd), admin)
+        Process::run_instance_with_args(url, &[])
+    }
+
+    pub fn run_instance_with_args(url: &str, extra: &[&str]) -> (Process, SocketAddr) {
+        let admin = free_addr().to_string();
+        let mut args = vec!["run", "instance", "--nats", url, "--admin", &admin];
+        args.extend_from_slice(extra);
+        let process = Process::spawn(&args, &std::env::temp_dir());
+        (process, admin.parse().expect("socket address"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -168,10 +166,20 @@ impl Drop for Process {
 
 /// Runs `switchyard` to completion: (exit code, stdout, stderr).
 pub fn run_to_end(args: &[&str], cwd: &std::path::Path) -> (i32, String, String) {
+    run_to_end_with_env(args, cwd, &[])
+}
+
+/// [`run_to_end`] with extra environment variables.
+pub fn run_to_end_with_env(
+    args: &[&str],
+    cwd: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
         .current_dir(cwd)
         .env_remove("NATS_URL")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run switchyard");
