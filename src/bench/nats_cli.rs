@@ -145,9 +145,10 @@ pub async fn reference(
 }
 
 fn display(binary: &Path, args: &[String]) -> String {
-    let name = binary
-        .file_name()
-        .map_or_else(|| binary.display().to_string(), |n| n.to_string_lossy().into());
+    let name = binary.file_name().map_or_else(
+        || binary.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    );
     std::iter::once(name)
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()

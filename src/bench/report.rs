@@ -1,8 +1,6 @@
-//! What a bench run produces and how it is shown: per-scenario figures taken from an
-//! hdrhistogram, the relay-to-raw ratios, the machine description, the table and the
-//! JSON document. Everything here is pure except [`MachineInfo::collect`].
+//! What a bench run produces: per-scenario figures taken from an hdrhistogram, the relay-to-raw ratios, the machine description and the JSON document
+//! (`--json` prints [`Report`]). Everything here is pure except [`MachineInfo::collect`].
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -118,7 +116,14 @@ pub fn attach_ratios(results: &mut [ScenarioResult]) {
     let raw: Vec<(usize, usize, f64, u64)> = results
         .iter()
         .filter(|r| r.scenario == REQUEST_REPLY)
-        .map(|r| (r.payload_bytes, r.concurrency, r.msgs_per_sec, r.latency.p50_us))
+        .map(|r| {
+            (
+                r.payload_bytes,
+                r.concurrency,
+                r.msgs_per_sec,
+                r.latency.p50_us,
+            )
+        })
         .collect();
     for r in results.iter_mut().filter(|r| r.scenario == RELAY) {
         r.vs_raw = raw
@@ -140,7 +145,8 @@ fn ratio(a: f64, b: f64) -> f64 {
 pub struct MachineInfo {
     pub nproc: usize,
     pub cpu_model: String,
-    pub memory_total: String,
+    /// MemTotal from /proc/meminfo, in KiB (0 when unknown).
+    pub memory_kib: u64,
     pub kernel: String,
     pub nats_server_version: String,
 }
@@ -158,7 +164,11 @@ impl MachineInfo {
         MachineInfo {
             nproc: std::thread::available_parallelism().map_or(0, usize::from),
             cpu_model: field(&read("/proc/cpuinfo"), "model name"),
-            memory_total: field(&read("/proc/meminfo"), "MemTotal"),
+            memory_kib: field(&read("/proc/meminfo"), "MemTotal")
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             nats_server_version: nats_server_version.to_string(),
         }
@@ -179,101 +189,6 @@ pub struct Report {
     pub nats_cli: CliReference,
 }
 
-pub fn fmt_latency_us(us: u64) -> String {
-    match us {
-        0..1_000 => format!("{us} µs"),
-        1_000..1_000_000 => format!("{:.2} ms", us as f64 / 1e3),
-        _ => format!("{:.2} s", us as f64 / 1e6),
-    }
-}
-
-/// Whole messages per second with thousands separators.
-pub fn fmt_rate(rate: f64) -> String {
-    let digits = format!("{:.0}", rate.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-pub fn fmt_ratio(r: f64) -> String {
-    format!("{r:.2}x")
-}
-
-pub fn fmt_bytes(bytes: usize) -> String {
-    if bytes >= 1024 && bytes % 1024 == 0 {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-/// The human-readable rendering of a report.
-pub fn render_table(report: &Report) -> String {
-    let m = &report.machine;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "switchyard bench: nats-server {} ({}), {} x {}, {} RAM, kernel {}",
-        m.nats_server_version, report.server, m.nproc, m.cpu_model, m.memory_total, m.kernel
-    );
-    let _ = writeln!(
-        out,
-        "{} per scenario after {} warm-up; started {}\n",
-        fmt_latency_us(report.duration_ms * 1000),
-        fmt_latency_us(report.warmup_ms * 1000),
-        report.started_at
-    );
-    let header = format!(
-        "{:<14} {:>8} {:>5} {:>10} {:>10} {:>10} {:>10}  {}",
-        "scenario", "payload", "conc", "msgs/s", "p50", "p99", "p99.9", "relay/raw (msgs/s, p50)"
-    );
-    let _ = writeln!(out, "{header}\n{}", "-".repeat(header.chars().count()));
-    for r in &report.scenarios {
-        let vs = r.vs_raw.map_or(String::new(), |v| {
-            format!("{}, {}", fmt_ratio(v.throughput), fmt_ratio(v.p50_latency))
-        });
-        let _ = write!(
-            out,
-            "{:<14} {:>8} {:>5} {:>10} {:>10} {:>10} {:>10}  {vs}",
-            r.scenario,
-            fmt_bytes(r.payload_bytes),
-            r.concurrency,
-            fmt_rate(r.msgs_per_sec),
-            fmt_latency_us(r.latency.p50_us),
-            fmt_latency_us(r.latency.p99_us),
-            fmt_latency_us(r.latency.p999_us),
-        );
-        if r.latency_per != "operation" {
-            let _ = write!(out, " (latency per {})", r.latency_per);
-        }
-        if r.errors > 0 {
-            let first = r.first_error.as_deref().unwrap_or("");
-            let _ = write!(out, " [{} errors: {first}]", r.errors);
-        }
-        out.push('\n');
-    }
-    out.push_str("\nnats bench reference (natscli):\n");
-    let cli = &report.nats_cli;
-    if let Some(note) = &cli.note {
-        let _ = writeln!(out, "  {note}");
-    }
-    for run in &cli.runs {
-        let _ = writeln!(out, "  {}\n    $ {}", run.name, run.command);
-        for line in &run.summary {
-            let _ = writeln!(out, "    {line}");
-        }
-        if let Some(err) = &run.error {
-            let _ = writeln!(out, "    error: {err}");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,26 +204,6 @@ mod tests {
             elapsed: Duration::from_secs(2),
         };
         ScenarioResult::new(scenario, payload, conc, "operation", m)
-    }
-
-    #[test]
-    fn latency_formatting_switches_units() {
-        assert_eq!(fmt_latency_us(0), "0 µs");
-        assert_eq!(fmt_latency_us(999), "999 µs");
-        assert_eq!(fmt_latency_us(1_000), "1.00 ms");
-        assert_eq!(fmt_latency_us(12_345), "12.35 ms");
-        assert_eq!(fmt_latency_us(2_500_000), "2.50 s");
-    }
-
-    #[test]
-    fn rate_ratio_and_size_formatting() {
-        assert_eq!(fmt_rate(0.0), "0");
-        assert_eq!(fmt_rate(999.4), "999");
-        assert_eq!(fmt_rate(1234.0), "1,234");
-        assert_eq!(fmt_rate(1_234_567.8), "1,234,568");
-        assert_eq!(fmt_ratio(0.5), "0.50x");
-        assert_eq!(fmt_bytes(128), "128 B");
-        assert_eq!(fmt_bytes(1024), "1 KiB");
     }
 
     #[test]

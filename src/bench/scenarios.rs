@@ -63,7 +63,11 @@ pub async fn start_echo(client: Client, subject: &str) -> Result<JoinHandle<()>,
 
 /// The bare relay: for each message, request the echo subject with the same payload and
 /// answer with what comes back. Nothing else: the physical bound for any gateway.
-pub async fn start_relay(client: Client, subject: &str, echo: &str) -> Result<JoinHandle<()>, Error> {
+pub async fn start_relay(
+    client: Client,
+    subject: &str,
+    echo: &str,
+) -> Result<JoinHandle<()>, Error> {
     let mut sub = client
         .subscribe(subject.to_string())
         .await
