@@ -13,7 +13,16 @@ fn bench_reports_every_baseline_as_json() {
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
     let text = report.to_string();
-    for scenario in ["request-reply", "relay", "js-publish", "js-consume", "kv-get"] {
-        assert!(text.contains(&format!("\"{scenario}\"")), "{scenario} missing: {text}");
+    for scenario in [
+        "request-reply",
+        "relay",
+        "js-publish",
+        "js-consume",
+        "kv-get",
+    ] {
+        assert!(
+            text.contains(&format!("\"{scenario}\"")),
+            "{scenario} missing: {text}"
+        );
     }
 }
