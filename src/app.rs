@@ -8,6 +8,7 @@ use crate::component::Component;
 use crate::component::supervisor::Supervisor;
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
+use crate::integration::registry::RegistryComponent;
 use crate::nats::{self, EmbeddedServer, ServerOptions};
 use crate::observability::metrics;
 use crate::shutdown::Signals;
@@ -18,7 +19,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Every component this binary can run, in start order.
 pub fn catalog() -> Vec<Box<dyn Component>> {
-    vec![Box::new(InstanceComponent)]
+    vec![Box::new(InstanceComponent), Box::new(RegistryComponent)]
 }
 
 /// The named components, or a configuration error naming the unknown one.

@@ -28,6 +28,7 @@ pub mod component;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod integration;
 pub mod nats;
 pub mod observability;
 pub mod shutdown;

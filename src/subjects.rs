@@ -31,6 +31,13 @@ pub const SYS_PING: &str = "sys.ping";
 /// Decodes an envelope and answers it back in the caller's codec (queue group).
 pub const SYS_ECHO: &str = "sys.echo";
 
+/// Every registered service instance (registry component).
+pub const SYS_REGISTRY_LIST: &str = "sys.registry.list";
+/// The instances of one service: `sys.registry.get.<service>`.
+pub const SYS_REGISTRY_GET: &str = "sys.registry.get.<service>";
+/// Registry lifecycle events: `registered`, `deregistered`, `expired`.
+pub const EVENTS_SERVICE: &str = "events.sys.service.<registered|deregistered|expired>";
+
 /// Queue group shared by every instance of a Switchyard component, so that a request
 /// reaches one instance while events fan out.
 pub const QUEUE_GROUP: &str = "switchyard";
@@ -142,8 +149,21 @@ pub mod headers {
 }
 
 /// Every subject family and fixed subject, for the subjects.md contract test.
-pub const ALL_SUBJECTS: [&str; 11] = [
-    API, SVC, EVENTS, DATA, TASKS_WORK, DLQ, ERRORS, LOGS, ALERTS, SYS_PING, SYS_ECHO,
+pub const ALL_SUBJECTS: [&str; 14] = [
+    API,
+    SVC,
+    EVENTS,
+    EVENTS_SERVICE,
+    DATA,
+    TASKS_WORK,
+    DLQ,
+    ERRORS,
+    LOGS,
+    ALERTS,
+    SYS_PING,
+    SYS_ECHO,
+    SYS_REGISTRY_LIST,
+    SYS_REGISTRY_GET,
 ];
 
 /// Checks one subject token supplied by a caller (a service, operation, domain or

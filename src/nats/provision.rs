@@ -19,6 +19,8 @@ use crate::subjects::{self, BUCKETS, STREAMS, StreamName};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const MIB: i64 = 1024 * 1024;
+/// How long an expiry marker stays in a bucket with per-key TTLs.
+const LIMIT_MARKER_TTL: Duration = Duration::from_secs(300);
 
 /// What provisioning did to one stream or bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,9 @@ pub fn bucket_configs(config: &JetStreamConfig) -> Vec<kv::Config> {
                 max_age,
                 storage: StorageType::File,
                 num_replicas: config.replicas,
+                // Registry entries carry a per-key TTL (three heartbeats); expiry leaves
+                // a marker that watchers see, which is how expiries are reported.
+                limit_markers: (bucket == subjects::BUCKET_REGISTRY).then_some(LIMIT_MARKER_TTL),
                 ..Default::default()
             }
         })
@@ -232,6 +237,9 @@ async fn ensure_bucket(js: &JetStream, wanted: kv::Config) -> Result<Change, Err
             }
             if current.description.as_deref() != Some(wanted.description.as_str()) {
                 changed.push("description");
+            }
+            if current.subject_delete_marker_ttl != wanted.limit_markers {
+                changed.push("limit_markers");
             }
             if changed.is_empty() {
                 return Ok(Change::Unchanged);
