@@ -22,7 +22,8 @@ fn documented(section: &str) -> BTreeSet<String> {
         }
         let cell = line.trim_start_matches("| `");
         if let Some(end) = cell.find('`') {
-            names.insert(cell[..end].to_string());
+            // A `|` inside a table cell is written `\|` in Markdown.
+            names.insert(cell[..end].replace("\\|", "|"));
         }
     }
     assert!(
