@@ -7,7 +7,9 @@ use crate::admin::{self, Readiness};
 use crate::component::Component;
 use crate::component::supervisor::Supervisor;
 use crate::config::{Config, ConfigError};
+use crate::demo::Demo;
 use crate::error::Error;
+use crate::integration::gateway::GatewayComponent;
 use crate::integration::registry::RegistryComponent;
 use crate::nats::{self, EmbeddedServer, ServerOptions};
 use crate::observability::metrics;
@@ -19,7 +21,11 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Every component this binary can run, in start order.
 pub fn catalog() -> Vec<Box<dyn Component>> {
-    vec![Box::new(InstanceComponent), Box::new(RegistryComponent)]
+    vec![
+        Box::new(InstanceComponent),
+        Box::new(RegistryComponent),
+        Box::new(GatewayComponent::default()),
+    ]
 }
 
 /// The named components, or a configuration error naming the unknown one.
@@ -68,20 +74,21 @@ pub fn decode_stdio() -> Result<(), Error> {
 }
 
 /// `switchyard up`: everything in one process, on an embedded nats-server unless the
-/// configuration names one.
-pub async fn up(config: Config) -> Result<(), Error> {
-    serve(config, catalog(), true).await
+/// configuration names one; with `demo`, the example services of [`crate::demo`] too.
+pub async fn up(config: Config, demo: bool) -> Result<(), Error> {
+    serve(config, catalog(), true, demo).await
 }
 
 /// `switchyard run <component>…`: only those components, against an existing server.
 pub async fn run(config: Config, components: Vec<Box<dyn Component>>) -> Result<(), Error> {
-    serve(config, components, false).await
+    serve(config, components, false, false).await
 }
 
 async fn serve(
     config: Config,
-    components: Vec<Box<dyn Component>>,
+    mut components: Vec<Box<dyn Component>>,
     may_embed: bool,
+    demo: bool,
 ) -> Result<(), Error> {
     // Installed first so a signal during start-up is not lost.
     let mut signals = Signals::install();
@@ -91,6 +98,10 @@ async fn serve(
     // The admin port first: a busy port fails before a server is started for nothing.
     let (admin_addr, admin_task) =
         admin::serve(config.admin, readiness.clone(), metrics, stop_admin.clone()).await?;
+    // Components claim their own ports (the gateway's HTTP) before anything starts too.
+    for component in &mut components {
+        component.configure(&config)?;
+    }
 
     let mut embedded = match (&config.nats_url, may_embed) {
         (None, true) => Some(EmbeddedServer::start(ServerOptions {
@@ -114,9 +125,28 @@ async fn serve(
     }
     let supervisor =
         Supervisor::start(client, components, readiness, config.jetstream.clone()).await?;
+    // Demo services start after the components and stop before them.
+    let demo = match demo {
+        false => None,
+        true => match Demo::start(&url).await {
+            Ok(demo) => Some(demo),
+            Err(err) => {
+                supervisor.stop(config.grace).await;
+                return Err(err);
+            }
+        },
+    };
+    let ctx = supervisor.context();
     println!(
         "{}",
-        banner(&url, embedded.as_ref(), admin_addr, supervisor.context())
+        banner(
+            &url,
+            embedded.as_ref(),
+            admin_addr,
+            ctx,
+            demo.as_ref(),
+            config.gateway.http
+        )
     );
 
     let signal = signals.next().await;
@@ -127,6 +157,9 @@ async fn serve(
         eprintln!("switchyard: second signal, exiting without waiting");
         std::process::exit(130);
     });
+    if let Some(demo) = demo {
+        demo.stop().await;
+    }
     let report = supervisor.stop(config.grace).await;
     stop_admin.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
@@ -146,24 +179,39 @@ fn banner(
     embedded: Option<&EmbeddedServer>,
     admin: std::net::SocketAddr,
     ctx: &crate::component::Context,
+    demo: Option<&Demo>,
+    http: std::net::SocketAddr,
 ) -> String {
     let server = match embedded {
         Some(s) => format!("embedded nats-server, log {}", s.log_path().display()),
         None => "external server".to_string(),
     };
     let components = ctx.instance.components.join(", ");
+    let http = match ctx.instance.components.contains(&"gateway") {
+        true => format!(
+            "\x20 HTTP        http://{http}  (POST /v1/<service>/<operation>, GET /v1/services)\n"
+        ),
+        false => String::new(),
+    };
+    let demo = demo.map_or_else(String::new, |demo| {
+        format!(
+            "\x20 nats -s {url} micro ls   # demo services: {}\n\
+             \x20 nats -s {url} req svc.echo.say '{{\"text\":\"hi\"}}'\n",
+            demo.names().join(", ")
+        )
+    });
     format!(
         "Switchyard {version} is up (instance {id})\n\
          \x20 NATS        {url}  ({server})\n\
          \x20 Admin       http://{admin}  (/healthz /readyz /metrics)\n\
-         \x20 Components  {components}\n\
+         {http}\x20 Components  {components}\n\
          Try:\n\
          \x20 nats -s {url} stream ls\n\
          \x20 nats -s {url} kv ls\n\
          \x20 nats -s {url} req sys.echo '{{\"hello\":\"world\"}}'\n\
          \x20 nats -s {url} req sys.ping '' --replies 0\n\
          \x20 curl -s http://{admin}/readyz\n\
-         Ctrl-C stops gracefully.",
+         {demo}Ctrl-C stops gracefully.",
         version = ctx.instance.version,
         id = ctx.instance.id,
     )

@@ -41,6 +41,13 @@ pub struct GlobalArgs {
     /// Time in-flight work gets to finish on SIGINT/SIGTERM [default: 10s].
     #[arg(long, env = "SWITCHYARD_GRACE", global = true, value_parser = parse_duration)]
     pub grace: Option<Duration>,
+    /// Gateway HTTP ingress address (POST /v1/<service>/<operation>, GET /v1/services)
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, env = "SWITCHYARD_HTTP", global = true)]
+    pub http: Option<SocketAddr>,
+    /// Gateway timeout for services without a policy in KV `policies` [default: 5s].
+    #[arg(long, env = "SWITCHYARD_GATEWAY_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub gateway_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
@@ -64,6 +71,33 @@ pub enum Command {
     /// Print a MessagePack payload from stdin as JSON (for `nats sub --translate`);
     /// JSON and other text pass through unchanged.
     Decode,
+    /// The event bus (stream EVENTS).
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events as JSON lines, one per event: those since --since, then new ones
+    /// until Ctrl-C (or until caught up with --no-follow).
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Start with the events stored this long ago.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub since: Duration,
+    /// Only events whose ce-type matches; `*` matches any run of characters, dots
+    /// included (`io.switchyard.sys.service.*`). Filtered here, not by the server.
+    #[arg(long = "type", value_name = "PATTERN")]
+    pub type_pattern: Option<String>,
+    /// Subject filter applied by the server, under events. (`events.sys.>`).
+    #[arg(long, value_name = "SUBJECT", default_value = "events.>")]
+    pub subject: String,
+    /// Stop once caught up instead of following new events.
+    #[arg(long)]
+    pub no_follow: bool,
 }
 
 #[derive(Debug, Args, Default)]
@@ -80,6 +114,9 @@ pub struct UpArgs {
     /// nats-server binary [default: found in GOBIN, GOPATH/bin, ~/go/bin, then PATH].
     #[arg(long, env = "SWITCHYARD_NATS_SERVER")]
     pub nats_server: Option<PathBuf>,
+    /// Also run the example services echo, flaky and slow (`up` only).
+    #[arg(long, env = "SWITCHYARD_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo: bool,
 }
 
 #[derive(Debug, Args)]

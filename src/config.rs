@@ -29,6 +29,23 @@ pub struct Config {
     pub grace: Duration,
     pub embedded: EmbeddedConfig,
     pub jetstream: JetStreamConfig,
+    pub gateway: GatewayConfig,
+}
+
+/// The API gateway: its HTTP ingress and the timeout of services without a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayConfig {
+    pub http: SocketAddr,
+    pub timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            http: parse_default(DEFAULT_HTTP),
+            timeout: DEFAULT_GATEWAY_TIMEOUT,
+        }
+    }
 }
 
 /// The embedded nats-server `up` starts when no `--nats` is given.
@@ -69,6 +86,16 @@ struct FileConfig {
     embedded: FileEmbedded,
     #[serde(default)]
     jetstream: FileJetStream,
+    http: Option<SocketAddr>,
+    #[serde(default)]
+    gateway: FileGateway,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGateway {
+    #[serde(default, with = "humantime_serde_opt")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +118,8 @@ struct FileJetStream {
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
 pub const DEFAULT_NATS_LISTEN: &str = "127.0.0.1:4222";
 pub const DEFAULT_DATA_DIR: &str = ".switchyard";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Config {
     /// Resolves flags and env (already in `global`/`up`) over the file over defaults.
@@ -134,6 +163,16 @@ impl Config {
                 replicas: file.jetstream.replicas.unwrap_or(1),
                 streams: file.jetstream.streams,
             },
+            gateway: GatewayConfig {
+                http: global
+                    .http
+                    .or(file.http)
+                    .unwrap_or_else(|| parse_default(DEFAULT_HTTP)),
+                timeout: global
+                    .gateway_timeout
+                    .or(file.gateway.timeout)
+                    .unwrap_or(DEFAULT_GATEWAY_TIMEOUT),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -166,6 +205,12 @@ impl Config {
         }
         if self.grace > Duration::from_secs(600) {
             return Err(ConfigError("grace must be at most 10m".into()));
+        }
+        let timeout = self.gateway.timeout;
+        if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(600) {
+            return Err(ConfigError(
+                "gateway timeout must be between 1ms and 10m".into(),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
             .map_err(|e| ConfigError(format!("invalid log filter {:?}: {e}", self.log_filter)))?;
@@ -234,6 +279,8 @@ mod tests {
         assert_eq!(config.admin.to_string(), DEFAULT_ADMIN);
         assert_eq!(config.embedded.listen.to_string(), DEFAULT_NATS_LISTEN);
         assert_eq!(config.nats_url, None);
+        assert_eq!(config.gateway, GatewayConfig::default());
+        assert_eq!(config.gateway.http.to_string(), DEFAULT_HTTP);
     }
 
     #[test]
@@ -248,6 +295,10 @@ mod tests {
             config.jetstream.streams["EVENTS"].max_age,
             Some(Duration::from_secs(3600))
         );
+        let config =
+            load_toml("http = \"127.0.0.1:18080\"\n[gateway]\ntimeout = \"250ms\"\n").unwrap();
+        assert_eq!(config.gateway.http.port(), 18080);
+        assert_eq!(config.gateway.timeout, Duration::from_millis(250));
     }
 
     #[test]
@@ -259,6 +310,9 @@ mod tests {
             "[jetstream]\nreplicas = 9",
             "nats = \"nats://bad host:-1\"",
             "log = \"==\"",
+            "http = \"localhost\"",
+            "[gateway]\ntimeout = \"0s\"",
+            "[gateway]\ntimout = \"1s\"",
         ] {
             let err = load_toml(bad).unwrap_err();
             assert!(!err.to_string().contains('\n'), "{bad}: {err}");

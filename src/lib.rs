@@ -19,6 +19,13 @@
 //!   (metrics, logs, alerts).
 //! - [`admin`] serves `/healthz`, `/readyz` and `/metrics`; [`bench`] measures the
 //!   raw-NATS baselines; [`cli`] and [`config`] read flags, env and the TOML file.
+//! - [`sdk`] is how users write services (operations with typed handlers, NATS micro,
+//!   registry heartbeats); [`demo`] runs the SDK examples of `examples/` for
+//!   `switchyard up --demo`.
+
+// Lets `switchyard::…` paths resolve inside the crate too: the files in `examples/`
+// are compiled into the library by [`demo`] and written as user code.
+extern crate self as switchyard;
 
 pub mod admin;
 pub mod app;
@@ -26,11 +33,13 @@ pub mod bench;
 pub mod cli;
 pub mod component;
 pub mod config;
+pub mod demo;
 pub mod envelope;
 pub mod error;
 pub mod integration;
 pub mod nats;
 pub mod observability;
+pub mod sdk;
 pub mod shutdown;
 pub mod subjects;
 pub mod system;

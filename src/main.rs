@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::cli::{Cli, Command};
+use switchyard::cli::{Cli, Command, EventsCommand};
 use switchyard::config::{Config, ConfigError, EXIT_CONFIG};
+use switchyard::integration::bus;
 use switchyard::{app, bench, observability};
 
 #[tokio::main]
@@ -30,7 +31,7 @@ async fn main() -> ExitCode {
     observability::logging::init(&config.log_filter, config.log_format);
 
     let result = match cli.command {
-        Command::Up(_) => app::up(config).await,
+        Command::Up(args) => app::up(config, args.demo).await,
         Command::Run(args) => match app::select(&args.components) {
             Ok(components) => app::run(config, components).await,
             Err(err) => return config_error(&err),
@@ -41,6 +42,7 @@ async fn main() -> ExitCode {
         }
         Command::Bench(args) => bench::run(config, args).await,
         Command::Decode => app::decode_stdio(),
+        Command::Events(EventsCommand::Tail(args)) => bus::tail::run(config, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,10 +37,16 @@ pub const SYS_REGISTRY_LIST: &str = "sys.registry.list";
 pub const SYS_REGISTRY_GET: &str = "sys.registry.get.<service>";
 /// Registry lifecycle events: `registered`, `deregistered`, `expired`.
 pub const EVENTS_SERVICE: &str = "events.sys.service.<registered|deregistered|expired>";
+/// NATS micro discovery, answered by every SDK service instance (async-nats `service`):
+/// `$SRV.<verb>`, `$SRV.<verb>.<service>` and `$SRV.<verb>.<service>.<instance>`.
+pub const SRV: &str = "$SRV.<PING|INFO|STATS>[.<service>[.<instance>]]";
 
 /// Queue group shared by every instance of a Switchyard component, so that a request
 /// reaches one instance while events fan out.
 pub const QUEUE_GROUP: &str = "switchyard";
+/// Queue group of the endpoints of services built with the SDK: NATS micro's default,
+/// so SDK services and other micro services of the same name share the load.
+pub const SDK_QUEUE_GROUP: &str = "q";
 
 /// A JetStream stream Switchyard owns, with the subjects it captures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,9 +134,12 @@ pub mod headers {
     /// NATS micro error description and code on an error reply.
     pub const SERVICE_ERROR: &str = "Nats-Service-Error";
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+    /// The caller's remaining time budget in milliseconds. The gateway forwards with
+    /// min(budget, the service's policy timeout) and sets it to what is left.
+    pub const TIMEOUT_MS: &str = "Switchyard-Timeout-Ms";
 
     /// Every header above, for the subjects.md contract test.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         CE_SPECVERSION,
         CE_ID,
         CE_SOURCE,
@@ -145,13 +154,15 @@ pub mod headers {
         NATS_MSG_ID,
         SERVICE_ERROR,
         SERVICE_ERROR_CODE,
+        TIMEOUT_MS,
     ];
 }
 
 /// Every subject family and fixed subject, for the subjects.md contract test.
-pub const ALL_SUBJECTS: [&str; 14] = [
+pub const ALL_SUBJECTS: [&str; 15] = [
     API,
     SVC,
+    SRV,
     EVENTS,
     EVENTS_SERVICE,
     DATA,

@@ -100,22 +100,15 @@ async fn lifecycle_events(client: &async_nats::Client) -> Vec<(ServiceLifecycle,
     events
 }
 
-async fn eventually_async<T, F, Fut>(mut check: F) -> T
+/// Waits (bounded) until `check` holds; the bound is generous, nothing asserts timing.
+async fn eventually_async<T, F, Fut>(check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met in {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_async(WAIT, check)
+        .await
+        .unwrap_or_else(|| panic!("condition not met in {WAIT:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

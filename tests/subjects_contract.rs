@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use switchyard::app::catalog;
-use switchyard::subjects::{self, BUCKETS, QUEUE_GROUP, STREAMS, headers};
+use switchyard::subjects::{self, BUCKETS, QUEUE_GROUP, SDK_QUEUE_GROUP, STREAMS, headers};
 
 /// The first backticked cell of each table row, per `## ` section.
 fn documented(section: &str) -> BTreeSet<String> {
@@ -66,7 +66,10 @@ fn every_component_subscription_is_documented() {
 
 #[test]
 fn queue_groups_match() {
-    assert_eq!(documented("Queue groups"), set([QUEUE_GROUP]));
+    assert_eq!(
+        documented("Queue groups"),
+        set([QUEUE_GROUP, SDK_QUEUE_GROUP])
+    );
 }
 
 #[test]

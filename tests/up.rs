@@ -48,6 +48,8 @@ fn up_in(dir: &std::path::Path, nats: SocketAddr, admin: SocketAddr) -> Process 
             &nats.to_string(),
             "--admin",
             &admin.to_string(),
+            "--http",
+            &free_addr().to_string(),
             "--data-dir",
             &dir.join("state").to_string_lossy(),
             "--grace",
@@ -138,6 +140,7 @@ fn a_busy_port_is_one_clear_line() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
     let free = free_addr().to_string();
+    let http = free_addr().to_string();
     for args in [
         vec![
             "up",
@@ -145,12 +148,26 @@ fn a_busy_port_is_one_clear_line() {
             busy_addr.as_str(),
             "--admin",
             free.as_str(),
+            "--http",
+            http.as_str(),
         ],
         vec![
             "up",
             "--nats-listen",
             free.as_str(),
             "--admin",
+            busy_addr.as_str(),
+            "--http",
+            http.as_str(),
+        ],
+        // The gateway's HTTP port is claimed before the embedded server starts.
+        vec![
+            "up",
+            "--nats-listen",
+            free.as_str(),
+            "--admin",
+            http.as_str(),
+            "--http",
             busy_addr.as_str(),
         ],
     ] {
@@ -249,6 +266,7 @@ fn an_old_nats_server_is_refused_with_its_version_and_the_fix() {
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
     std::fs::set_permissions(&fake, permissions).unwrap();
     let (nats, admin) = (free_addr().to_string(), free_addr().to_string());
+    let http = free_addr().to_string();
     let (code, _, stderr) = run_to_end(
         &[
             "up",
@@ -258,6 +276,8 @@ fn an_old_nats_server_is_refused_with_its_version_and_the_fix() {
             &nats,
             "--admin",
             &admin,
+            "--http",
+            &http,
         ],
         dir.path(),
     );

@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::error::Error;
 
 /// A subject a component subscribes to, as listed by `switchyard components` and
@@ -36,6 +37,15 @@ pub trait Component: Send + Sync + 'static {
 
     /// Every subject the component subscribes to.
     fn subscriptions(&self) -> Vec<Subscription>;
+
+    /// Takes the component's settings from the process configuration, and claims what
+    /// it must own exclusively (a listening port), so that a conflict is reported
+    /// before anything starts. Called by `up` and `run` before [`Component::start`];
+    /// a component built with its settings directly (tests) may skip it.
+    fn configure(&mut self, config: &Config) -> Result<(), Error> {
+        let _ = config;
+        Ok(())
+    }
 
     /// Subscribes and spawns the component's loops with [`Context::spawn`]. Returning
     /// `Ok` means the component is ready: its subscriptions are live on the server.

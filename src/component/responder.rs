@@ -1,7 +1,8 @@
 //! Request-reply serving shared by every component endpoint: decode the envelope, call
 //! the handler, answer in the caller's codec, turn every failure into a typed error
 //! reply (`Nats-Service-Error`, `Nats-Service-Error-Code` and an error body), count and
-//! time it, and drain on shutdown so no accepted request goes unanswered.
+//! time it, and drain on shutdown so no accepted request goes unanswered. The loop
+//! itself is [`serve_messages`], for endpoints that handle raw messages (the gateway).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -92,6 +93,30 @@ where
     H: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Reply, Error>> + Send + 'static,
 {
+    let handler = Arc::new(handler);
+    let shared = Arc::new(endpoint.clone());
+    let ctx2 = ctx.clone();
+    serve_messages(ctx, &endpoint, move |message: Message| {
+        let (ctx, handler, endpoint) = (ctx2.clone(), handler.clone(), shared.clone());
+        async move { handle(&ctx, component, &endpoint, handler.as_ref(), message).await }
+    })
+    .await
+}
+
+/// The subscription loop under every endpoint: subscribes `endpoint.subject` (in its
+/// queue group), runs `handler` for each message inside [`Context::spawn`] with at most
+/// `MAX_IN_FLIGHT` (512) at once, and on shutdown drains the subscription so every message
+/// already accepted is handled. The handler answers (or not) by itself; [`serve`] is
+/// this plus envelope decoding and typed replies, the gateway is this plus forwarding.
+pub async fn serve_messages<H, Fut>(
+    ctx: &Context,
+    endpoint: &Endpoint,
+    handler: H,
+) -> Result<(), Error>
+where
+    H: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let subject = endpoint.subject.clone();
     let mut subscriber = match endpoint.queue_group {
         Some(group) => {
@@ -104,8 +129,6 @@ where
     .map_err(|e| Error::nats(&format!("subscribe {subject}"), e))?;
 
     let ctx2 = ctx.clone();
-    let handler = Arc::new(handler);
-    let endpoint = Arc::new(endpoint);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     ctx.spawn(async move {
         let mut draining = false;
@@ -114,7 +137,7 @@ where
                 _ = ctx2.shutdown().cancelled(), if !draining => {
                     draining = true;
                     if let Err(err) = subscriber.drain().await {
-                        tracing::warn!(%err, subject = %endpoint.subject, "drain failed");
+                        tracing::warn!(%err, %subject, "drain failed");
                         break;
                     }
                     continue;
@@ -125,13 +148,13 @@ where
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let (ctx, handler, endpoint) = (ctx2.clone(), handler.clone(), endpoint.clone());
+            let work = handler(message);
             ctx2.spawn(async move {
-                handle(&ctx, component, &endpoint, handler.as_ref(), message).await;
+                work.await;
                 drop(permit);
             });
         }
-        tracing::debug!(subject = %endpoint.subject, "endpoint stopped");
+        tracing::debug!(%subject, "endpoint stopped");
     });
     Ok(())
 }
@@ -201,7 +224,7 @@ fn success_reply(
 }
 
 /// Error headers plus an [`ErrorBody`] in the caller's codec.
-fn error_reply(request: &Meta, endpoint: &Endpoint, err: &Error) -> Outgoing {
+pub(crate) fn error_reply(request: &Meta, endpoint: &Endpoint, err: &Error) -> Outgoing {
     let meta = request.follow_up(endpoint.source, "io.switchyard.error");
     let mut headers = meta.to_headers();
     // Plain text for people reading `nats req` output; CR/LF would break the framing.
@@ -226,7 +249,7 @@ fn error_reply(request: &Meta, endpoint: &Endpoint, err: &Error) -> Outgoing {
 
 /// Attributes for answering a request whose own attributes could not be read: keep
 /// its id and trace where readable, answer in JSON (the codec anyone can read).
-fn fallback_meta(headers: &HeaderMap) -> Meta {
+pub(crate) fn fallback_meta(headers: &HeaderMap) -> Meta {
     let mut meta = Meta::new(crate::envelope::UNKNOWN_SOURCE, "io.switchyard.request")
         .with_content_type(ContentType::Json);
     if let Some(id) = headers.get(h::CE_ID) {

@@ -2,4 +2,5 @@
 //! service SDK that agent services are written with is [`crate::sdk`].
 
 pub mod bus;
+pub mod gateway;
 pub mod registry;

@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod embedded;
 pub mod provision;
+pub mod watch;
 
 pub use connect::connect;
 pub use embedded::{EmbeddedServer, ServerOptions};

@@ -16,6 +16,18 @@ pub const NATS_BYTES_OUT_TOTAL: &str = "switchyard_nats_out_bytes_total";
 pub const NATS_CONNECTS_TOTAL: &str = "switchyard_nats_connects_total";
 pub const READY: &str = "switchyard_ready";
 pub const COMPONENT_UP: &str = "switchyard_component_up";
+/// Gateway requests (NATS `api.*` and HTTP); labels `service`, `operation`, `code`.
+pub const GATEWAY_REQUESTS_TOTAL: &str = "switchyard_gateway_requests_total";
+/// Gateway request latency; labels `service`, `operation`.
+pub const GATEWAY_REQUEST_DURATION_SECONDS: &str = "switchyard_gateway_request_duration_seconds";
+/// Events received by bus subscriptions; labels `mode` (ephemeral, durable) and
+/// `outcome` (decoded, malformed).
+pub const BUS_EVENTS_RECEIVED_TOTAL: &str = "switchyard_bus_events_received_total";
+/// Requests answered by services built with the SDK; labels `service`, `operation`,
+/// `code` (200, an error code, or `none` for a request without a reply subject).
+pub const SDK_REQUESTS_TOTAL: &str = "switchyard_sdk_requests_total";
+/// Handling time of SDK requests, decode to reply; labels `service`, `operation`.
+pub const SDK_REQUEST_DURATION_SECONDS: &str = "switchyard_sdk_request_duration_seconds";
 
 /// Latency buckets from 100 µs to 30 s: request-reply on loopback is sub-millisecond,
 /// agent steps take seconds.
@@ -57,6 +69,26 @@ pub fn rpc_request(
     metrics::counter!(RPC_REQUESTS_TOTAL, "component" => component, "endpoint" => endpoint, "code" => code)
         .increment(1);
     metrics::histogram!(RPC_REQUEST_DURATION_SECONDS, "component" => component, "endpoint" => endpoint)
+        .record(elapsed.as_secs_f64());
+}
+
+/// One request at an SDK service endpoint (`code = None`: nobody to answer).
+pub fn sdk_request(service: &str, operation: &str, code: Option<u16>, elapsed: Duration) {
+    let code = code.map_or_else(|| "none".to_string(), |c| c.to_string());
+    let (service, operation) = (service.to_string(), operation.to_string());
+    metrics::counter!(SDK_REQUESTS_TOTAL, "service" => service.clone(), "operation" => operation.clone(), "code" => code)
+        .increment(1);
+    metrics::histogram!(SDK_REQUEST_DURATION_SECONDS, "service" => service, "operation" => operation)
+        .record(elapsed.as_secs_f64());
+}
+
+/// One gateway request. The caller decides `service` and `operation` only for registered
+/// services and listed operations; everything else arrives here as `"unknown"`.
+pub fn gateway_request(service: &str, operation: &str, code: u16, elapsed: Duration) {
+    let (service, operation) = (service.to_string(), operation.to_string());
+    metrics::counter!(GATEWAY_REQUESTS_TOTAL, "service" => service.clone(), "operation" => operation.clone(), "code" => code.to_string())
+        .increment(1);
+    metrics::histogram!(GATEWAY_REQUEST_DURATION_SECONDS, "service" => service, "operation" => operation)
         .record(elapsed.as_secs_f64());
 }
 

@@ -2,8 +2,17 @@
 //! Every event is a Rust type implementing [`Event`] (its `ce-type` and subject);
 //! [`catalog`] lists Switchyard's own. Publishing goes through JetStream and waits for
 //! the ack, with `Nats-Msg-Id` = `ce-id`, so a retried publish is stored once.
+//! [`subscribe`] receives them by pattern, ephemeral or durable; [`tail`] is
+//! `switchyard events tail`.
 
 pub mod catalog;
+pub mod subscribe;
+pub mod tail;
+
+pub use subscribe::{
+    Delivery, DurableEvents, DurableOptions, EventStream, durable, durable_with, filter_subject,
+    subscribe,
+};
 
 use async_nats::Client;
 use async_nats::jetstream::Context as JetStream;

@@ -1,20 +1,19 @@
 //! Discovery: an in-memory view of the registry fed by a KV watch, so a lookup never
-//! costs a NATS round trip. The watch is recreated from the last revision it saw, with
-//! backoff, when it ends, fails, or the connection was re-established (a watch can hang
-//! silently across a server restart).
+//! costs a NATS round trip. The watch is [`crate::nats::watch`]: recreated from the last
+//! revision it saw, with backoff, when it ends, fails, or the connection was
+//! re-established (a watch can hang silently across a server restart).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_nats::Client;
-use async_nats::jetstream::kv::{Entry, Operation, Store};
-use futures::StreamExt;
+use async_nats::jetstream::kv::{Entry, Operation};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::entry::{RegistryEntry, split_key};
 use crate::error::Error;
+use crate::nats::watch;
 use crate::subjects::BUCKET_REGISTRY;
 
 /// What the view knows about a service, for routing.
@@ -56,9 +55,6 @@ pub struct RegistryView {
     changes: broadcast::Sender<Change>,
 }
 
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-const RECONNECT_CHECK: Duration = Duration::from_secs(1);
-
 impl RegistryView {
     /// Loads the current entries (returns once they are in) and keeps following.
     pub async fn start(client: &Client, stop: CancellationToken) -> Result<RegistryView, Error> {
@@ -72,31 +68,14 @@ impl RegistryView {
             state: Arc::default(),
             changes,
         };
-        // The stream position first, then the keys: whatever changes while we read is
-        // replayed by the watch from that position, so nothing falls in between.
-        let last_revision = kv
-            .status()
-            .await
-            .map_err(|e| Error::nats("registry status", e))?
-            .info
-            .state
-            .last_sequence;
-        let mut keys = kv
-            .keys()
-            .await
-            .map_err(|e| Error::nats("list registry", e))?;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| Error::nats("list registry", e))?;
-            if let Ok(Some(entry)) = kv.entry(key).await {
-                view.apply(entry);
-            }
-        }
-        tokio::spawn(follow(
-            view.clone(),
+        let last_revision = watch::load(&kv, |entry| view.apply(entry)).await?;
+        let follower = view.clone();
+        tokio::spawn(watch::follow(
             kv,
             client.clone(),
             last_revision,
             stop,
+            move |entry| follower.apply(entry),
         ));
         Ok(view)
     }
@@ -114,6 +93,29 @@ impl RegistryView {
             None if state.known.contains(service) => Lookup::NoLiveInstance,
             None => Lookup::Unknown,
         }
+    }
+
+    /// Whether a live instance of `service` lists an endpoint on
+    /// `svc.<service>.<operation>`; a read lock and a scan, no I/O, no allocation.
+    pub fn serves(&self, service: &str, operation: &str) -> bool {
+        let Ok(state) = self.state.read() else {
+            return false;
+        };
+        let Some(instances) = state.services.get(service) else {
+            return false;
+        };
+        instances
+            .values()
+            .filter(|e| e.health.is_live())
+            .flat_map(|e| e.endpoints.iter())
+            .any(|endpoint| {
+                endpoint
+                    .subject
+                    .strip_prefix("svc.")
+                    .and_then(|rest| rest.strip_prefix(service))
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    == Some(operation)
+            })
     }
 
     /// Every instance of `service`.
@@ -188,69 +190,4 @@ impl RegistryView {
             entry: new.or(previous),
         });
     }
-}
-
-/// Follows the bucket from `last_revision`, recreating the watch when needed.
-async fn follow(
-    view: RegistryView,
-    kv: Store,
-    client: Client,
-    mut last_revision: u64,
-    stop: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let connects_at_start = connects(&client);
-        let watch = kv.watch_all_from_revision(last_revision + 1).await;
-        let mut watch = match watch {
-            Ok(watch) => watch,
-            Err(err) => {
-                tracing::debug!(%err, "registry watch failed; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        let mut check = tokio::time::interval(RECONNECT_CHECK);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                item = watch.next() => match item {
-                    Some(Ok(entry)) => {
-                        backoff = Duration::from_millis(100);
-                        last_revision = last_revision.max(entry.revision);
-                        view.apply(entry);
-                    }
-                    Some(Err(err)) => {
-                        tracing::debug!(%err, "registry watch error; recreating");
-                        break;
-                    }
-                    None => break,
-                },
-                _ = check.tick() => {
-                    // A new connection means the server may have restarted: the old
-                    // watch's consumer may be gone without the stream ever ending.
-                    if connects(&client) != connects_at_start {
-                        tracing::debug!("reconnected; recreating registry watch");
-                        break;
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-fn connects(client: &Client) -> u64 {
-    client
-        .statistics()
-        .connects
-        .load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -1,0 +1,278 @@
+//! The gateway's HTTP ingress: `POST /v1/<service>/<operation>` with a JSON body goes
+//! through the same core as `api.<service>.<operation>` (directly, no NATS hop to
+//! `api.*`) and answers JSON with status 200 or the error code as the HTTP status;
+//! `GET /v1/services` lists the registry. CloudEvents `ce-*` headers (HTTP binary mode)
+//! and W3C `traceparent`/`tracestate` are carried into the envelope; `X-Request-Timeout`
+//! (milliseconds) is the caller's deadline. Every request runs in [`Context::spawn`],
+//! and the server stops gracefully with the component.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::forward::{Forwarder, REQUEST_TYPE};
+use crate::component::Context;
+use crate::component::responder::{ErrorBody, ErrorDetail};
+use crate::envelope::{ContentType, Meta, to_display_json};
+use crate::error::{Error, ErrorKind};
+use crate::integration::registry::RegistryEntry;
+use crate::subjects::headers as h;
+
+/// The caller's deadline in milliseconds, carried as `Switchyard-Timeout-Ms`.
+pub const REQUEST_TIMEOUT: &str = "x-request-timeout";
+
+#[derive(Clone)]
+struct HttpState {
+    ctx: Context,
+    forwarder: Forwarder,
+}
+
+/// Binds the HTTP address; a busy port is one clear error.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            Error::unavailable(format!(
+                "gateway HTTP address {addr} is already in use: stop what holds it or choose another with --http"
+            ))
+        } else {
+            Error::unavailable(format!("cannot listen on {addr}: {e}"))
+        }
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::internal(format!("gateway HTTP listener: {e}")))?;
+    Ok(listener)
+}
+
+/// Serves on `listener` until the component's shutdown; returns the bound address.
+pub fn serve(
+    ctx: &Context,
+    forwarder: Forwarder,
+    listener: std::net::TcpListener,
+) -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| Error::internal(format!("gateway HTTP listener: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("gateway HTTP local address: {e}")))?;
+    let max_body = ctx.client.server_info().max_payload;
+    let app = Router::new()
+        .route("/v1/services", get(services))
+        .route("/v1/{service}/{operation}", post(call))
+        .fallback(|| async {
+            error_response(&Error::not_found(
+                "no such route: POST /v1/<service>/<operation> or GET /v1/services",
+            ))
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(HttpState {
+            ctx: ctx.clone(),
+            forwarder,
+        });
+    let stop = ctx.shutdown().clone();
+    ctx.spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(err) = server.await {
+            tracing::error!(%err, "gateway HTTP server failed");
+        }
+    });
+    Ok(addr)
+}
+
+async fn call(
+    State(state): State<HttpState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let nats = envelope_headers(&headers);
+    let refuse =
+        |error: Error| error_response(&state.forwarder.refuse(&nats, error, started).error);
+    let Ok(Path((service, operation))) = path else {
+        return refuse(Error::invalid_input(
+            "the path is /v1/<service>/<operation>",
+        ));
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "the body exceeds the NATS max_payload: {}",
+                    rejection.body_text()
+                ),
+            ));
+        }
+        Err(rejection) => return refuse(Error::invalid_input(rejection.body_text())),
+    };
+    if let Some(value) = headers.get(header::CONTENT_TYPE) {
+        let json = value
+            .to_str()
+            .ok()
+            .and_then(|v| ContentType::parse(v).ok())
+            .is_some_and(|c| c == ContentType::Json);
+        if !json {
+            return refuse(Error::new(
+                ErrorKind::UnsupportedMediaType,
+                "the HTTP ingress takes Content-Type: application/json (curl: --json or -H \
+                 'content-type: application/json'; plain -d sends a form)",
+            ));
+        }
+    }
+    let (ctx, forwarder) = (state.ctx.clone(), state.forwarder.clone());
+    // Tracked, so a graceful stop waits for the forward (and its answer) to finish.
+    let forwarded =
+        ctx.spawn(async move { forwarder.forward(&service, &operation, nats, body).await });
+    match forwarded.await {
+        Ok(Ok(reply)) => reply_response(reply),
+        Ok(Err(refusal)) => error_response(&refusal.error),
+        Err(err) => error_response(&Error::internal(format!("gateway request failed: {err}"))),
+    }
+}
+
+/// The NATS headers of the forwarded request: the caller's `ce-*`, trace context and
+/// deadline, completed into a JSON envelope.
+fn envelope_headers(http: &HeaderMap) -> async_nats::HeaderMap {
+    let mut nats = async_nats::HeaderMap::new();
+    for (name, value) in http {
+        let name = name.as_str();
+        let carried = name.starts_with("ce-") || name == h::TRACEPARENT || name == h::TRACESTATE;
+        if let (true, Ok(value)) = (carried, value.to_str()) {
+            nats.insert(name, value);
+        }
+    }
+    if let Some(timeout) = http.get(REQUEST_TIMEOUT) {
+        nats.insert(
+            h::TIMEOUT_MS,
+            String::from_utf8_lossy(timeout.as_bytes()).as_ref(),
+        );
+    }
+    nats.insert(h::CE_DATACONTENTTYPE, ContentType::Json.mime());
+    // Missing attributes filled in; a wrong ce-specversion is left for the core to refuse.
+    if let Ok(meta) = Meta::from_headers(Some(&nats), REQUEST_TYPE) {
+        meta.write_headers(&mut nats);
+    }
+    nats
+}
+
+/// The service's answer as JSON: its status from `Nats-Service-Error-Code`, its `ce-*`
+/// and trace headers carried over.
+fn reply_response(reply: async_nats::Message) -> Response {
+    let headers = reply.headers.unwrap_or_default();
+    let codec = headers
+        .get(h::CE_DATACONTENTTYPE)
+        .or_else(|| headers.get(h::CONTENT_TYPE))
+        .and_then(|v| ContentType::parse(v.as_str()).ok())
+        .unwrap_or(ContentType::Json);
+    let (status, body) = match headers.get(h::SERVICE_ERROR_CODE) {
+        None => (StatusCode::OK, to_json(codec, reply.payload)),
+        Some(code) => {
+            let code = code.as_str().trim().parse::<u16>().unwrap_or(500);
+            let status = StatusCode::from_u16(code)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = match codec.decode::<ErrorBody>(&reply.payload) {
+                Ok(body) => json_bytes(&body),
+                // An error told in headers only: the body is built from them.
+                Err(_) => json_bytes(&ErrorBody {
+                    error: ErrorDetail {
+                        kind: ErrorKind::from_code(code),
+                        code,
+                        message: headers
+                            .get(h::SERVICE_ERROR)
+                            .map(|v| v.as_str().to_string())
+                            .unwrap_or_default(),
+                    },
+                }),
+            };
+            (status, body)
+        }
+    };
+    let mut response = json_response(status, body);
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        let carried = (name.starts_with("ce-") && name != h::CE_DATACONTENTTYPE)
+            || name == h::TRACEPARENT
+            || name == h::TRACESTATE;
+        let value = values.first().map(|v| HeaderValue::from_str(v.as_str()));
+        if let (true, Ok(name), Some(Ok(value))) = (carried, HeaderName::try_from(name), value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+fn to_json(codec: ContentType, payload: Bytes) -> Bytes {
+    match codec {
+        ContentType::Json => payload,
+        ContentType::MsgPack => to_display_json(&payload).into(),
+    }
+}
+
+fn error_response(err: &Error) -> Response {
+    let body = json_bytes(&ErrorBody {
+        error: ErrorDetail {
+            kind: err.kind(),
+            code: err.code(),
+            message: err.message().to_string(),
+        },
+    });
+    let status = StatusCode::from_u16(err.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, body)
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, ContentType::Json.mime())],
+        body,
+    )
+        .into_response()
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> Bytes {
+    serde_json::to_vec(value).unwrap_or_default().into()
+}
+
+/// One service in `GET /v1/services`.
+#[derive(Debug, Serialize)]
+struct ServiceSummary {
+    name: String,
+    /// Instances that may receive traffic.
+    live: usize,
+    instances: Vec<RegistryEntry>,
+}
+
+async fn services(State(state): State<HttpState>) -> Response {
+    let mut services: Vec<ServiceSummary> = Vec::new();
+    // Sorted by service, so each service's instances are consecutive.
+    for entry in state.forwarder.view().all() {
+        if services.last().is_none_or(|s| s.name != entry.name) {
+            services.push(ServiceSummary {
+                name: entry.name.clone(),
+                live: 0,
+                instances: Vec::new(),
+            });
+        }
+        if let Some(service) = services.last_mut() {
+            service.live += usize::from(entry.health.is_live());
+            service.instances.push(entry);
+        }
+    }
+    #[derive(Serialize)]
+    struct Services {
+        services: Vec<ServiceSummary>,
+    }
+    json_response(StatusCode::OK, json_bytes(&Services { services }))
+}

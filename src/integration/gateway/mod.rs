@@ -1,0 +1,170 @@
+//! The API gateway: clients call `api.<service>.<operation>` (NATS) or
+//! `POST /v1/<service>/<operation>` (HTTP), and the gateway forwards to the service's
+//! endpoint `svc.<service>.<operation>`.
+//!
+//! - [`forward`]: the core both ingresses share: route and content-type checks, the
+//!   registry lookup (cached, no I/O), the deadline, the forward, the error codes
+//!   (400 bad route, 404 unknown service, 413, 415, 503 no live instance or no
+//!   responders, 504 timeout).
+//! - [`policy`]: per-service timeouts from KV bucket `policies`, watched live.
+//! - [`http`]: the HTTP ingress (axum).
+//!
+//! The service's reply, error replies included, goes back to the caller untouched; the
+//! gateway's own errors have the responder's shape (`Nats-Service-Error`,
+//! `Nats-Service-Error-Code`, an error body in the caller's codec).
+
+pub mod forward;
+pub mod http;
+pub mod policy;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_nats::{HeaderMap, Message};
+use futures::future::BoxFuture;
+
+use self::forward::{Forwarder, REQUEST_TYPE, SOURCE};
+use self::policy::Policies;
+use crate::component::responder::{self, Endpoint, error_reply};
+use crate::component::{Component, Context, Subscription};
+use crate::config::{Config, GatewayConfig};
+use crate::error::Error;
+use crate::integration::registry::view::RegistryView;
+use crate::subjects::{API, QUEUE_GROUP};
+
+pub const NAME: &str = "gateway";
+
+/// The gateway component: `api.>` in queue group `switchyard`, and the HTTP ingress.
+pub struct GatewayComponent {
+    config: GatewayConfig,
+    /// Bound by [`Component::configure`] so a busy port fails before anything starts.
+    listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+impl GatewayComponent {
+    pub fn new(config: GatewayConfig) -> GatewayComponent {
+        GatewayComponent {
+            config,
+            listener: Mutex::new(None),
+        }
+    }
+}
+
+impl Default for GatewayComponent {
+    fn default() -> Self {
+        GatewayComponent::new(GatewayConfig::default())
+    }
+}
+
+impl Component for GatewayComponent {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn subscriptions(&self) -> Vec<Subscription> {
+        vec![Subscription {
+            subject: API,
+            queue_group: Some(QUEUE_GROUP),
+            description: "forwards to svc.<service>.<operation> (404, 503, 504)",
+        }]
+    }
+
+    fn configure(&mut self, config: &Config) -> Result<(), Error> {
+        self.config = config.gateway;
+        let listener = http::bind(self.config.http)?;
+        if let Ok(mut slot) = self.listener.lock() {
+            *slot = Some(listener);
+        }
+        Ok(())
+    }
+
+    fn start(&self, ctx: Context) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let listener = match self.listener.lock().ok().and_then(|mut l| l.take()) {
+                Some(listener) => listener,
+                None => http::bind(self.config.http)?,
+            };
+            let stop = ctx.shutdown().clone();
+            let view = RegistryView::start(&ctx.client, stop.clone()).await?;
+            let policies = Policies::start(&ctx.client, self.config.timeout, stop).await?;
+            let forwarder = Forwarder::new(ctx.client.clone(), view, policies);
+            let addr = http::serve(&ctx, forwarder.clone(), listener)?;
+            tracing::info!(%addr, "gateway HTTP ingress listening");
+            serve_nats(&ctx, forwarder).await
+        })
+    }
+}
+
+/// `api.>`: every message goes through [`responder::serve_messages`] (bounded, drained
+/// on shutdown) into the forwarder; the reply goes back exactly as the service sent it.
+async fn serve_nats(ctx: &Context, forwarder: Forwarder) -> Result<(), Error> {
+    let endpoint = Endpoint {
+        name: "api",
+        subject: "api.>".into(),
+        queue_group: Some(QUEUE_GROUP),
+        request_type: REQUEST_TYPE,
+        source: SOURCE,
+    };
+    let shared = Arc::new(endpoint.clone());
+    let client = ctx.client.clone();
+    responder::serve_messages(ctx, &endpoint, move |message: Message| {
+        let (client, forwarder, endpoint) = (client.clone(), forwarder.clone(), shared.clone());
+        async move { handle(&client, &forwarder, &endpoint, message).await }
+    })
+    .await
+}
+
+async fn handle(
+    client: &async_nats::Client,
+    forwarder: &Forwarder,
+    endpoint: &Endpoint,
+    message: Message,
+) {
+    let started = Instant::now();
+    let Message {
+        subject,
+        reply,
+        payload,
+        headers,
+        ..
+    } = message;
+    let Some(reply_to) = reply else {
+        tracing::debug!(%subject, "published to api.* without a reply subject; dropped");
+        return;
+    };
+    let headers = headers.unwrap_or_default();
+    let mut tokens = subject.split('.');
+    let result = match (tokens.next(), tokens.next(), tokens.next(), tokens.next()) {
+        (Some(_api), Some(service), Some(operation), None) => {
+            forwarder
+                .forward(service, operation, headers, payload)
+                .await
+        }
+        _ => Err(forwarder.refuse(
+            &headers,
+            Error::invalid_input(format!(
+                "subject {:?} is not api.<service>.<operation>",
+                subject.as_str()
+            )),
+            started,
+        )),
+    };
+    let (headers, payload): (Option<HeaderMap>, _) = match result {
+        Ok(reply) => (reply.headers, reply.payload),
+        Err(refusal) => {
+            let outgoing = error_reply(&refusal.meta, endpoint, &refusal.error);
+            (Some(outgoing.headers), outgoing.payload)
+        }
+    };
+    let sent = match headers {
+        Some(headers) => {
+            client
+                .publish_with_headers(reply_to, headers, payload)
+                .await
+        }
+        None => client.publish(reply_to, payload).await,
+    };
+    if let Err(err) = sent {
+        tracing::warn!(%err, "gateway cannot send a reply");
+    }
+}
