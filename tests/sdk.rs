@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap, Message};
@@ -574,30 +573,6 @@ async fn flaky_fails_the_configured_share_and_slow_waits() {
     running.stop().await;
 }
 
-/// The `echo` example as a real program, built once by cargo (examples are not built
-/// for `cargo test --test sdk`).
-fn echo_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let output = Command::new(cargo)
-                .args(["build", "--example", "echo", "--message-format=json"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run cargo build --example echo");
-            assert!(output.status.success(), "cargo build --example echo failed");
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "echo")
-                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-                .expect("the echo example's executable")
-        })
-        .clone()
-}
-
 /// A child process killed when the test ends, however it ends.
 struct Killed(std::process::Child);
 
@@ -631,7 +606,9 @@ async fn a_killed_instance_expires_and_is_reported_once_by_two_registries() {
         .await
         .unwrap();
 
-    let binary = tokio::task::spawn_blocking(echo_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(common::echo_binary)
+        .await
+        .unwrap();
     let mut child = Killed(
         Command::new(binary)
             .args(["--nats", &server.url(), "--heartbeat", "1s"])

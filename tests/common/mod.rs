@@ -4,8 +4,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use switchyard::nats::{EmbeddedServer, ServerOptions};
@@ -81,10 +82,15 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(args: &[&str], cwd: &std::path::Path) -> Process {
+        Process::spawn_program(Path::new(env!("CARGO_BIN_EXE_switchyard")), args, cwd)
+    }
+
+    /// Any program (an example service, say), with the same care as `switchyard`.
+    pub fn spawn_program(program: &Path, args: &[&str], cwd: &Path) -> Process {
         let dir = tempfile::tempdir().expect("output dir");
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let child = Command::new(program)
             .args(args)
             .current_dir(cwd)
             .env_remove("NATS_URL")
@@ -93,7 +99,7 @@ impl Process {
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
-            .expect("spawn switchyard");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         Process {
             child: Some(child),
             stdout,
@@ -291,4 +297,28 @@ pub fn children(pid: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// The `echo` example as a real program, built once per test binary by cargo
+/// (`cargo test` does not build examples for integration tests).
+pub fn echo_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let output = Command::new(cargo)
+                .args(["build", "--example", "echo", "--message-format=json"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run cargo build --example echo");
+            assert!(output.status.success(), "cargo build --example echo failed");
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "echo")
+                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+                .expect("the echo example's executable")
+        })
+        .clone()
 }
