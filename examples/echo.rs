@@ -9,9 +9,7 @@
 //! into the library as `switchyard::demo::echo` (hence `main` allowing dead code: the
 //! library never calls it).
 
-use std::time::Duration;
-
-use switchyard::sdk::Service;
+use switchyard::sdk::{Service, ServiceArgs};
 
 /// The service definition, shared by `main` below and `switchyard up --demo`.
 pub fn service() -> Result<Service, switchyard::Error> {
@@ -25,19 +23,13 @@ pub fn service() -> Result<Service, switchyard::Error> {
 #[allow(dead_code)]
 #[derive(clap::Parser)]
 struct Args {
-    /// NATS server.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
-    /// Registry heartbeat; the entry expires after three missed beats.
-    #[arg(long, default_value = "5s", value_parser = switchyard::cli::parse_duration)]
-    heartbeat: Duration,
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> Result<(), switchyard::Error> {
     let args = <Args as clap::Parser>::parse();
-    switchyard::observability::logging::init("info", Default::default());
-    let client = switchyard::nats::connect(&args.nats, "echo").await?;
-    service()?.heartbeat(args.heartbeat).run(&client).await
+    args.service.run(service()?).await
 }

@@ -14,9 +14,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use switchyard::sdk::Service;
+use switchyard::sdk::{Service, ServiceArgs};
 use switchyard::{Error, ErrorKind};
 
 /// How flaky the service is.
@@ -81,12 +80,8 @@ pub fn service(config: Config) -> Result<Service, Error> {
 #[allow(dead_code)]
 #[derive(clap::Parser)]
 struct Args {
-    /// NATS server.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
-    /// Registry heartbeat; the entry expires after three missed beats.
-    #[arg(long, default_value = "5s", value_parser = switchyard::cli::parse_duration)]
-    heartbeat: Duration,
+    #[command(flatten)]
+    service: ServiceArgs,
     #[command(flatten)]
     config: Config,
 }
@@ -95,10 +90,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args = <Args as clap::Parser>::parse();
-    switchyard::observability::logging::init("info", Default::default());
-    let client = switchyard::nats::connect(&args.nats, "flaky").await?;
-    service(args.config)?
-        .heartbeat(args.heartbeat)
-        .run(&client)
-        .await
+    args.service.run(service(args.config)?).await
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchyard::Error;
-use switchyard::sdk::Service;
+use switchyard::sdk::{Service, ServiceArgs};
 
 /// Longest wait a request may ask for.
 pub const MAX_MS: u64 = 300_000;
@@ -59,12 +59,8 @@ pub fn service(config: Config) -> Result<Service, Error> {
 #[allow(dead_code)]
 #[derive(clap::Parser)]
 struct Args {
-    /// NATS server.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
-    /// Registry heartbeat; the entry expires after three missed beats.
-    #[arg(long, default_value = "5s", value_parser = switchyard::cli::parse_duration)]
-    heartbeat: Duration,
+    #[command(flatten)]
+    service: ServiceArgs,
     #[command(flatten)]
     config: Config,
 }
@@ -73,10 +69,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args = <Args as clap::Parser>::parse();
-    switchyard::observability::logging::init("info", Default::default());
-    let client = switchyard::nats::connect(&args.nats, "slow").await?;
-    service(args.config)?
-        .heartbeat(args.heartbeat)
-        .run(&client)
-        .await
+    args.service.run(service(args.config)?).await
 }

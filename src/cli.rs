@@ -66,7 +66,8 @@ pub enum Command {
     Run(RunArgs),
     /// List the components with the subjects each one serves.
     Components,
-    /// Measure the raw-NATS baselines every Switchyard path is compared to.
+    /// Measure the raw-NATS baselines every Switchyard path is compared to, or (`bench
+    /// gateway`) the API gateway against the bare relay and a direct request.
     Bench(BenchArgs),
     /// Print a MessagePack payload from stdin as JSON (for `nats sub --translate`);
     /// JSON and other text pass through unchanged.
@@ -126,15 +127,30 @@ pub struct RunArgs {
     pub components: Vec<String>,
 }
 
+/// What `switchyard bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum BenchSuite {
+    /// The raw-NATS baselines: request-reply, bare relay, JetStream, KV.
+    #[default]
+    Baseline,
+    /// The API gateway, the bare relay and a direct request to the echo service, in
+    /// one run, as ratios (uses its own server or --nats: a dedicated one, since the
+    /// gateway joins queue group `switchyard` on `api.>`).
+    Gateway,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value_t = BenchSuite::Baseline)]
+    pub suite: BenchSuite,
     /// Print one JSON document instead of a table (and no progress bar).
     #[arg(long)]
     pub json: bool,
     /// How long each scenario runs.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Skip the `nats bench` reference runs.
+    /// Skip the `nats bench` reference runs (the gateway suite has none).
     #[arg(long)]
     pub no_nats_cli: bool,
     #[command(flatten)]

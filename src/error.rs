@@ -109,6 +109,10 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// Longest error text carried in a header; a longer message is cut (a header must stay
+/// far below `max_payload`).
+pub const MAX_HEADER_TEXT: usize = 1024;
+
 /// A typed error: a kind plus a message meant for the person reading the reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
@@ -135,6 +139,23 @@ impl Error {
 
     pub fn code(&self) -> u16 {
         self.kind.code()
+    }
+
+    /// The message as a `Nats-Service-Error` value: one line (CR/LF would break the
+    /// protocol framing), at most [`MAX_HEADER_TEXT`] bytes, never empty.
+    pub fn header_text(&self) -> String {
+        let mut text = self.message.replace(['\r', '\n'], " ");
+        if text.len() > MAX_HEADER_TEXT {
+            let mut cut = MAX_HEADER_TEXT;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        if text.is_empty() {
+            text = self.kind.as_str().to_string();
+        }
+        text
     }
 
     pub fn invalid_input(message: impl Into<String>) -> Self {
@@ -218,6 +239,16 @@ mod tests {
             assert!(seen.insert(kind.code()), "duplicate code for {kind}");
             assert_eq!(ErrorKind::from_code(kind.code()), kind);
         }
+    }
+
+    #[test]
+    fn header_text_is_one_bounded_line() {
+        let err = Error::new(ErrorKind::Transient, "a\r\nb");
+        assert_eq!(err.header_text(), "a  b");
+        let err = Error::new(ErrorKind::Permanent, "é".repeat(2000));
+        let text = err.header_text();
+        assert!(text.len() <= MAX_HEADER_TEXT && text.starts_with('é'));
+        assert_eq!(Error::internal("").header_text(), "internal");
     }
 
     #[test]

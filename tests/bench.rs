@@ -3,15 +3,17 @@
 
 mod common;
 
+/// Runs `switchyard <args>` to the end and parses its one JSON document.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = common::run_to_end(args, dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).expect("one JSON document")
+}
+
 #[test]
 fn bench_reports_every_baseline_as_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let (code, stdout, stderr) = common::run_to_end(
-        &["bench", "--json", "--duration", "200ms", "--no-nats-cli"],
-        dir.path(),
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    let report = bench_json(&["bench", "--json", "--duration", "200ms", "--no-nats-cli"]);
     let text = report.to_string();
     for scenario in [
         "request-reply",
@@ -25,4 +27,48 @@ fn bench_reports_every_baseline_as_json() {
             "{scenario} missing: {text}"
         );
     }
+}
+
+#[test]
+fn bench_gateway_reports_three_paths_ratios_and_the_lookup_as_json() {
+    let report = bench_json(&["bench", "gateway", "--json", "--duration", "200ms"]);
+    assert_eq!(report["suite"], "gateway", "{report}");
+    let rows = report["scenarios"].as_array().expect("scenarios");
+    let comparisons = report["comparisons"].as_array().expect("comparisons");
+    for payload in [128, 1024] {
+        for concurrency in [1, 64] {
+            let cell = |v: &&serde_json::Value| {
+                v["payload_bytes"] == payload && v["concurrency"] == concurrency
+            };
+            for path in ["direct", "relay", "gateway"] {
+                let row = rows
+                    .iter()
+                    .filter(cell)
+                    .find(|r| r["scenario"] == path)
+                    .unwrap_or_else(|| panic!("{path} {payload} x{concurrency} missing: {report}"));
+                assert!(row["ops"].as_u64().unwrap() > 0, "{row}");
+                assert_eq!(row["errors"], 0, "{row}");
+                assert!(row["msgs_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+            }
+            let c = comparisons
+                .iter()
+                .find(cell)
+                .expect("a comparison per cell");
+            for ratio in [
+                "gateway_vs_relay_throughput",
+                "gateway_vs_direct_throughput",
+                "relay_vs_direct_throughput",
+            ] {
+                assert!(c[ratio].as_f64().unwrap() > 0.0, "{ratio}: {c}");
+            }
+            assert!(c["gateway_p99_over_direct_us"].is_i64(), "{c}");
+        }
+    }
+    let lookup = &report["lookup"];
+    assert!(lookup["median_ns"].as_f64().unwrap() > 0.0, "{lookup}");
+    assert!(lookup["p99_ns"].as_f64().unwrap() >= lookup["median_ns"].as_f64().unwrap());
+    // 4 throughput targets, 2 p99 targets (1 caller), the lookup: verdicts, not asserts.
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 7, "{report}");
+    assert!(targets.iter().all(|t| t["met"].is_boolean()), "{report}");
 }

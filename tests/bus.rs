@@ -12,7 +12,6 @@ use async_nats::jetstream::Context as JetStream;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use switchyard::config::JetStreamConfig;
 use switchyard::envelope::{ContentType, Envelope, Meta};
 use switchyard::error::ErrorKind;
 use switchyard::integration::bus::catalog::{Lifecycle, ServiceLifecycle};
@@ -45,16 +44,8 @@ fn order(n: u32) -> OrderPlaced {
 }
 
 async fn start() -> (common::TestServer, async_nats::Client, JetStream) {
-    let server = common::TestServer::start();
-    let client = server.client().await;
+    let (server, client) = common::provisioned().await;
     let js = async_nats::jetstream::new(client.clone());
-    let config = JetStreamConfig {
-        replicas: 1,
-        ..Default::default()
-    };
-    switchyard::nats::provision(&js, &config)
-        .await
-        .expect("provision");
     (server, client, js)
 }
 

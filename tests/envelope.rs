@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use serde_json::json;
-use switchyard::admin::Readiness;
 use switchyard::component::responder::ErrorBody;
 use switchyard::component::supervisor::Supervisor;
-use switchyard::config::JetStreamConfig;
 use switchyard::envelope::{self, ContentType, Envelope, Meta, publish_durable};
 use switchyard::error::ErrorKind;
 use switchyard::subjects::{self, headers as h};
@@ -26,29 +24,8 @@ struct Running {
 }
 
 async fn start() -> Running {
-    let server = common::TestServer::start();
-    let client = server.client().await;
-    let js = async_nats::jetstream::new(client.clone());
-    switchyard::nats::provision(
-        &js,
-        &JetStreamConfig {
-            replicas: 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("provision");
-    let supervisor = Supervisor::start(
-        server.client().await,
-        vec![Box::new(InstanceComponent)],
-        Readiness::default(),
-        JetStreamConfig {
-            replicas: 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("start the instance component");
+    let (server, client) = common::provisioned().await;
+    let supervisor = common::supervise(&server, Box::new(InstanceComponent)).await;
     Running {
         server,
         client,

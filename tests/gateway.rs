@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,14 +13,13 @@ use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchyard::admin::Readiness;
-use switchyard::component::responder::{ErrorBody, ErrorDetail};
+use switchyard::component::responder::ErrorBody;
 use switchyard::component::supervisor::Supervisor;
-use switchyard::config::{GatewayConfig, JetStreamConfig};
+use switchyard::config::GatewayConfig;
 use switchyard::envelope::{self, ContentType};
 use switchyard::error::{Error, ErrorKind};
 use switchyard::integration::gateway::GatewayComponent;
-use switchyard::integration::registry::{EndpointEntry, Health, Registrar, RegistryEntry};
+use switchyard::integration::registry::Registrar;
 use switchyard::subjects::headers as h;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -36,26 +34,10 @@ struct Running {
 
 /// A provisioned server with the gateway running (default timeout `timeout`).
 async fn start(timeout: Duration) -> Running {
-    let server = common::TestServer::start();
-    let client = server.client().await;
-    let jetstream = JetStreamConfig {
-        replicas: 1,
-        ..Default::default()
-    };
-    let js = async_nats::jetstream::new(client.clone());
-    switchyard::nats::provision(&js, &jetstream)
-        .await
-        .expect("provision");
+    let (server, client) = common::provisioned().await;
     let http = common::free_addr();
     let gateway = GatewayComponent::new(GatewayConfig { http, timeout });
-    let supervisor = Supervisor::start(
-        server.client().await,
-        vec![Box::new(gateway)],
-        Readiness::default(),
-        jetstream,
-    )
-    .await
-    .expect("start the gateway");
+    let supervisor = common::supervise(&server, Box::new(gateway)).await;
     Running {
         server,
         client,
@@ -134,44 +116,19 @@ fn answer(request: &Message) -> (HeaderMap, Bytes) {
         Err(err) => {
             headers.insert(h::SERVICE_ERROR, err.message());
             headers.insert(h::SERVICE_ERROR_CODE, err.code().to_string());
-            let body = ErrorBody {
-                error: ErrorDetail {
-                    kind: err.kind(),
-                    code: err.code(),
-                    message: err.message().to_string(),
-                },
-            };
-            (headers, codec.encode(&body).unwrap().into())
+            (
+                headers,
+                codec.encode(&ErrorBody::from(&err)).unwrap().into(),
+            )
         }
     }
 }
 
-fn entry(service: &str, operations: &[&str]) -> RegistryEntry {
-    RegistryEntry {
-        name: service.into(),
-        version: "1.0.0".into(),
-        instance: uuid::Uuid::now_v7().simple().to_string(),
-        description: "test service".into(),
-        endpoints: operations
-            .iter()
-            .map(|op| EndpointEntry {
-                name: op.to_string(),
-                subject: format!("svc.{service}.{op}"),
-                queue_group: "q".into(),
-            })
-            .collect(),
-        metadata: BTreeMap::new(),
-        host: "test-host".into(),
-        pid: std::process::id(),
-        started: "2026-11-24T00:00:00Z".into(),
-        last_heartbeat: String::new(),
-        heartbeat_ms: 0,
-        health: Health::Healthy,
-    }
-}
-
+/// Registers a new instance of `service` with operation `say`, heartbeating every second.
 async fn register(client: &Client, service: &str) -> Registrar {
-    Registrar::register(client, entry(service, &["say"]), Duration::from_secs(1))
+    let instance = uuid::Uuid::now_v7().simple().to_string();
+    let entry = common::registry_entry(service, &instance);
+    Registrar::register(client, entry, Duration::from_secs(1))
         .await
         .expect("register")
 }
@@ -592,26 +549,12 @@ async fn the_nats_cli_reaches_a_service_through_the_gateway() {
     let _seen = serve(client, "echo", Duration::ZERO).await;
     let _echo = register(client, "echo").await;
     until_routed(client, "echo").await;
-    let nats = switchyard::nats::embedded::find_tool("nats", None)
-        .expect("the nats CLI (run scripts/setup)");
     let url = running.server.url();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(nats)
-            .args([
-                "-s",
-                &url,
-                "req",
-                "api.echo.say",
-                r#"{"text":"hi"}"#,
-                "--raw",
-            ])
-            .output()
-            .expect("run nats")
+    let stdout = tokio::task::spawn_blocking(move || {
+        common::nats_cli(&url, &["req", "api.echo.say", r#"{"text":"hi"}"#, "--raw"])
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{output:?}");
     let reply: Value = serde_json::from_str(stdout.trim()).expect("JSON");
     assert_eq!(reply, json!({"text": "hi"}));
 }

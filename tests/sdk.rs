@@ -27,35 +27,6 @@ use switchyard::sdk::Service;
 const WAIT: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn provisioned() -> (common::TestServer, Client) {
-    let server = common::TestServer::start();
-    let client = server.client().await;
-    let js = async_nats::jetstream::new(client.clone());
-    let config = JetStreamConfig {
-        replicas: 1,
-        ..Default::default()
-    };
-    switchyard::nats::provision(&js, &config)
-        .await
-        .expect("provision");
-    (server, client)
-}
-
-async fn eventually_async<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A raw request: the reply whatever it is (error replies included).
 async fn raw(client: &Client, subject: &str, headers: HeaderMap, payload: Vec<u8>) -> Message {
     let request = async_nats::Request::new()
@@ -77,27 +48,6 @@ fn error_code(message: &Message) -> Option<u16> {
     header(message, "Nats-Service-Error-Code").map(|c| c.parse().unwrap())
 }
 
-/// The `nats` CLI's output, or its error message.
-fn try_nats_cli(url: &str, args: &[&str]) -> Result<String, String> {
-    let nats = switchyard::nats::embedded::find_tool("nats", None)
-        .expect("the nats CLI (run scripts/setup)");
-    let output = Command::new(nats)
-        .arg("-s")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run nats");
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-fn nats_cli(url: &str, args: &[&str]) -> String {
-    try_nats_cli(url, args).unwrap_or_else(|err| panic!("nats {args:?}: {err}"))
-}
-
 async fn registry_entry(client: &Client, key: &str) -> Option<RegistryEntry> {
     let js = async_nats::jetstream::new(client.clone());
     let kv = js.get_key_value("registry").await.unwrap();
@@ -107,26 +57,11 @@ async fn registry_entry(client: &Client, key: &str) -> Option<RegistryEntry> {
 
 /// Lifecycle events for `instance` stored in stream EVENTS.
 async fn stored_events(client: &Client, instance: &str) -> Vec<ServiceLifecycle> {
-    let js = async_nats::jetstream::new(client.clone());
-    let stream = js.get_stream("EVENTS").await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: "events.sys.service.>".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let pending = consumer.cached_info().num_pending as usize;
-    let mut messages = consumer.messages().await.unwrap().take(pending);
-    let mut events = Vec::new();
-    while let Some(Ok(message)) = messages.next().await {
-        let event: Envelope<ServiceLifecycle> =
-            Envelope::decode(message.headers.as_ref(), &message.payload, "").unwrap();
-        if event.data.instance == instance {
-            events.push(event.data);
-        }
-    }
+    let events = common::lifecycle_events(client).await.into_iter();
     events
+        .map(|e| e.data)
+        .filter(|e| e.instance == instance)
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,7 +92,7 @@ fn orders() -> Service {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_in_the_callers_codec_with_follow_up_headers() {
-    let (_server, client) = provisioned().await;
+    let (_server, client) = common::provisioned().await;
     let running = orders().start(&client).await.expect("start");
     let order = Order {
         item: "tea".into(),
@@ -226,7 +161,7 @@ async fn answers_in_the_callers_codec_with_follow_up_headers() {
 async fn errors_travel_as_nats_service_error_headers() {
     // Installed before any request so the metrics below are recorded.
     let metrics = switchyard::observability::metrics::install();
-    let (_server, client) = provisioned().await;
+    let (_server, client) = common::provisioned().await;
     let running = orders().start(&client).await.expect("start");
     let place = |quantity: u32| {
         serde_json::to_vec(&serde_json::json!({"item": "x", "quantity": quantity})).unwrap()
@@ -309,7 +244,7 @@ async fn errors_travel_as_nats_service_error_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_larger_than_max_payload_is_refused_with_413() {
-    let (_server, client) = provisioned().await;
+    let (_server, client) = common::provisioned().await;
     let running = echo::service().unwrap().start(&client).await.unwrap();
     let max = client.server_info().max_payload;
     // The request fits; the same bytes plus the reply's ce-* headers do not.
@@ -329,18 +264,18 @@ async fn an_answer_larger_than_max_payload_is_refused_with_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_micro_tools_list_and_describe_the_service() {
-    let (server, client) = provisioned().await;
+    let (server, client) = common::provisioned().await;
     let running = echo::service().unwrap().start(&client).await.unwrap();
     let id = running.id().to_string();
 
     // What the CLI prints passed its schema validation (invalid replies are dropped).
     let listed: serde_json::Value =
-        serde_json::from_str(&nats_cli(&server.url(), &["micro", "ls", "--json"])).unwrap();
+        serde_json::from_str(&common::nats_cli(&server.url(), &["micro", "ls", "--json"])).unwrap();
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["name"], "echo");
     assert_eq!(listed[0]["id"], id.as_str());
-    let info: serde_json::Value = serde_json::from_str(&nats_cli(
+    let info: serde_json::Value = serde_json::from_str(&common::nats_cli(
         &server.url(),
         &["micro", "info", "echo", "--json"],
     ))
@@ -348,7 +283,7 @@ async fn nats_micro_tools_list_and_describe_the_service() {
     assert_eq!(info["info"]["description"], "Says back what it gets");
     assert_eq!(info["info"]["endpoints"][0]["subject"], "svc.echo.say");
     raw(&client, "svc.echo.say", HeaderMap::new(), b"{}".to_vec()).await;
-    let stats: serde_json::Value = serde_json::from_str(&nats_cli(
+    let stats: serde_json::Value = serde_json::from_str(&common::nats_cli(
         &server.url(),
         &["micro", "stats", "echo", "--json"],
     ))
@@ -356,7 +291,7 @@ async fn nats_micro_tools_list_and_describe_the_service() {
     let stats = &stats[0];
     assert_eq!(stats["id"], id.as_str());
     assert_eq!(stats["endpoints"][0]["num_requests"], 1);
-    let table = nats_cli(&server.url(), &["micro", "ls"]);
+    let table = common::nats_cli(&server.url(), &["micro", "ls"]);
     assert!(table.contains("echo") && table.contains(&id), "{table}");
 
     // The discovery replies themselves.
@@ -385,7 +320,7 @@ async fn nats_micro_tools_list_and_describe_the_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_and_deregisters_on_a_graceful_stop() {
-    let (_server, client) = provisioned().await;
+    let (_server, client) = common::provisioned().await;
     let mut lifecycle = client.subscribe("events.sys.service.>").await.unwrap();
     let running = orders().start(&client).await.unwrap();
     let key = format!("orders.{}", running.id());
@@ -458,7 +393,7 @@ async fn registers_and_deregisters_on_a_graceful_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_answers_every_request_already_taken() {
-    let (_server, client) = provisioned().await;
+    let (_server, client) = common::provisioned().await;
     let started = Arc::new(AtomicUsize::new(0));
     let counter = started.clone();
     let running = Service::new("work", "1.0.0")
@@ -485,7 +420,7 @@ async fn a_graceful_stop_answers_every_request_already_taken() {
         }));
     }
     // Stop while all eight are inside their handlers.
-    eventually_async("all eight requests are being handled", || async {
+    common::until("all eight requests are being handled", WAIT, || async {
         (started.load(Ordering::SeqCst) == 8).then_some(())
     })
     .await;
@@ -503,7 +438,7 @@ async fn a_graceful_stop_answers_every_request_already_taken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flaky_fails_the_configured_share_and_slow_waits() {
-    let (_server, client) = provisioned().await;
+    let (_server, client) = common::provisioned().await;
     let cases = [
         (
             1.0,
@@ -585,7 +520,7 @@ impl Drop for Killed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_expires_and_is_reported_once_by_two_registries() {
-    let (server, client) = provisioned().await;
+    let (server, client) = common::provisioned().await;
     let mut registries = Vec::new();
     for _ in 0..2 {
         let components: Vec<Box<dyn Component>> = vec![Box::new(RegistryComponent)];
@@ -619,7 +554,7 @@ async fn a_killed_instance_expires_and_is_reported_once_by_two_registries() {
             .expect("spawn the echo example"),
     );
     let pid = child.0.id();
-    let entry = eventually_async("the example registers", || async {
+    let entry = common::until("the example registers", WAIT, || async {
         let js = async_nats::jetstream::new(client.clone());
         let kv = js.get_key_value("registry").await.ok()?;
         let mut keys = kv.keys().await.ok()?;
@@ -645,7 +580,7 @@ async fn a_killed_instance_expires_and_is_reported_once_by_two_registries() {
     child.0.kill().expect("SIGKILL the example");
     child.0.wait().expect("reap the example");
     let key = format!("echo.{}", entry.instance);
-    eventually_async("the entry expires", || async {
+    common::until("the entry expires", WAIT, || async {
         registry_entry(&client, &key).await.is_none().then_some(())
     })
     .await;
@@ -679,7 +614,7 @@ async fn a_killed_instance_expires_and_is_reported_once_by_two_registries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_demo_runs_the_examples_and_deregisters_them_on_sigterm() {
-    let (server, client) = provisioned().await;
+    let (server, client) = common::provisioned().await;
     let admin = common::free_addr().to_string();
     let http = common::free_addr().to_string();
     let url = server.url();
@@ -687,8 +622,8 @@ async fn up_demo_runs_the_examples_and_deregisters_them_on_sigterm() {
         "up", "--nats", &url, "--admin", &admin, "--http", &http, "--demo", "--grace", "5s",
     ];
     let mut up = common::Process::spawn(&args, &std::env::temp_dir());
-    let names = eventually_async("the demo services are listed", || async {
-        let listed = try_nats_cli(&url, &["micro", "ls", "--json"]).ok()?;
+    let names = common::until("the demo services are listed", WAIT, || async {
+        let listed = common::try_nats_cli(&url, &["micro", "ls", "--json"]).ok()?;
         let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).ok()?;
         let mut names: Vec<String> = listed
             .iter()
@@ -699,7 +634,7 @@ async fn up_demo_runs_the_examples_and_deregisters_them_on_sigterm() {
     })
     .await;
     assert_eq!(names, ["echo", "flaky", "slow"]);
-    let banner = eventually_async("the banner", || async {
+    let banner = common::until("the banner", WAIT, || async {
         let out = up.stdout();
         out.contains("Ctrl-C").then_some(out)
     })
@@ -761,7 +696,7 @@ async fn a_service_that_cannot_register_does_not_start_half_way() {
     // Nothing left listening (micro's discovery task is aborted, not awaited: its
     // unsubscribe may land a moment later).
     for subject in ["svc.echo.say", "$SRV.PING.echo"] {
-        eventually_async(subject, || async {
+        common::until(subject, WAIT, || async {
             let err = client.request(subject, "{}".into()).await.err()?;
             (err.kind() == async_nats::RequestErrorKind::NoResponders).then_some(())
         })

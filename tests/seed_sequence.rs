@@ -8,21 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Process, echo_binary, eventually, free_addr, http_get, http_post};
+use common::{
+    Process, echo_binary, eventually, free_addr, http_get, http_post, nats_cli, try_nats_cli,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn nats(url: &str, args: &[&str]) -> (bool, String) {
-    let nats = switchyard::nats::embedded::find_tool("nats", None).expect("the nats CLI");
-    let output = std::process::Command::new(nats)
-        .args(["-s", url])
-        .args(args)
-        .output()
-        .expect("run nats");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
-}
 
 #[test]
 fn client_gateway_registry_service_and_back_then_instances_die() {
@@ -50,21 +40,20 @@ fn client_gateway_registry_service_and_back_then_instances_die() {
 
     // Both instances registered: the registry lists them.
     eventually(WAIT, || {
-        let (_, listed) = nats(&url, &["req", "sys.registry.get.echo", "", "--raw"]);
+        let listed = try_nats_cli(&url, &["req", "sys.registry.get.echo", "", "--raw"]).ok()?;
         let listed: serde_json::Value = serde_json::from_str(listed.trim()).ok()?;
         (listed.as_array()?.len() == 2).then_some(())
     })
     .expect("two echo instances registered");
 
     // Over NATS, with the CLI a user has.
-    let (ok, reply) = nats(&url, &["req", "api.echo.say", r#"{"text":"hi"}"#, "--raw"]);
-    assert!(ok, "{reply}");
+    let reply = nats_cli(&url, &["req", "api.echo.say", r#"{"text":"hi"}"#, "--raw"]);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(reply.trim()).unwrap()["text"],
         "hi"
     );
-    let (ok, listed) = nats(&url, &["micro", "ls"]);
-    assert!(ok && listed.contains("echo"), "{listed}");
+    let listed = nats_cli(&url, &["micro", "ls"]);
+    assert!(listed.contains("echo"), "{listed}");
 
     // Over HTTP.
     let (status, _, body) = http_post(http, "/v1/echo/say", &[], br#"{"text":"hi"}"#).unwrap();
@@ -81,14 +70,14 @@ fn client_gateway_registry_service_and_back_then_instances_die() {
     first.signal(libc::SIGKILL);
     let _ = first.wait(WAIT);
     for _ in 0..20 {
-        let (ok, reply) = nats(&url, &["req", "api.echo.say", r#"{"n":1}"#, "--raw"]);
+        let reply = try_nats_cli(&url, &["req", "api.echo.say", r#"{"n":1}"#, "--raw"]);
         assert!(
-            ok,
-            "a request failed while one instance was still alive: {reply}"
+            reply.is_ok(),
+            "a request failed while one instance was still alive: {reply:?}"
         );
     }
     eventually(WAIT, || {
-        let (_, listed) = nats(&url, &["req", "sys.registry.get.echo", "", "--raw"]);
+        let listed = try_nats_cli(&url, &["req", "sys.registry.get.echo", "", "--raw"]).ok()?;
         let listed: serde_json::Value = serde_json::from_str(listed.trim()).ok()?;
         (listed.as_array()?.len() == 1).then_some(())
     })

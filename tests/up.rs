@@ -4,11 +4,11 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Process, alive, children, eventually, free_addr, http_get, run_to_end, run_to_end_with_env,
+    Process, alive, children, eventually, free_addr, http_get, nats_cli, run_to_end,
+    run_to_end_with_env,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -21,23 +21,6 @@ fn wait_ready(admin: SocketAddr, process: &mut Process) {
         http_get(admin, "/readyz").filter(|(status, _)| *status == 200)
     });
     assert!(ready.is_some(), "/readyz never answered 200");
-}
-
-fn nats_cli(url: &str, args: &[&str]) -> String {
-    let nats = switchyard::nats::embedded::find_tool("nats", None)
-        .expect("the nats CLI (run scripts/setup)");
-    let output = Command::new(nats)
-        .arg("-s")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run nats");
-    assert!(
-        output.status.success(),
-        "nats {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn up_in(dir: &std::path::Path, nats: SocketAddr, admin: SocketAddr) -> Process {

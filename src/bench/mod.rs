@@ -7,11 +7,15 @@
 //! - JetStream publish awaiting each ack, and a pull consumer acking what was stored;
 //! - KV get of an existing key.
 //!
+//! `switchyard bench gateway` ([`gateway`]) measures the API gateway against the bare
+//! relay and a direct request to the SDK's echo service, in one run.
+//!
 //! Each scenario warms up, then runs for `--duration` with N tasks that each record
 //! per-operation latency in their own histogram (merged at the end). `nats bench` runs
 //! against the same server for reference (`nats_cli`). The server is the one given
 //! with `--nats`, else an embedded one on a free loopback port with a throwaway store.
 
+pub mod gateway;
 mod nats_cli;
 pub mod report;
 mod runner;
@@ -24,17 +28,18 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 
 use self::nats_cli::CliReference;
 use self::report::{
-    JS_CONSUME, JS_PUBLISH, KV_GET, MachineInfo, RELAY, REQUEST_REPLY, Report, ScenarioResult,
-    attach_ratios,
+    JS_CONSUME, JS_PUBLISH, KV_GET, MachineInfo, RELAY, REQUEST_REPLY, Report, RunInfo,
+    ScenarioResult, attach_ratios,
 };
 pub use self::runner::{Timing, drive};
 use self::scenarios::{FETCH_BATCH, Services, payload};
 use self::server::{redact_url, start_server};
 use self::table::render_table;
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchSuite};
 use crate::config::Config;
 use crate::error::Error;
 
@@ -91,9 +96,20 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
             (Some(server), temp_dir, url, "embedded".to_string())
         }
     };
-    let total = SCENARIOS + if args.no_nats_cli { 0 } else { nats_cli::RUNS };
+    let embedded = server.is_some();
+    let total = match args.suite {
+        BenchSuite::Baseline => SCENARIOS + if args.no_nats_cli { 0 } else { nats_cli::RUNS },
+        BenchSuite::Gateway => gateway::STEPS,
+    };
     let progress = progress_bar(total, args.json);
-    let result = bench(&args, timing, &url, label, &progress).await;
+    let output = match args.suite {
+        BenchSuite::Baseline => bench(&args, timing, &url, label, &progress)
+            .await
+            .and_then(|report| render(&report, args.json, render_table)),
+        BenchSuite::Gateway => gateway::bench(&config, embedded, timing, &url, label, &progress)
+            .await
+            .and_then(|report| render(&report, args.json, gateway::render_table)),
+    };
     progress.finish_and_clear();
     if let Some(server) = server.as_mut() {
         server.stop(Duration::from_secs(10));
@@ -101,15 +117,18 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
     if let Some(dir) = temp_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
-    let report = result?;
-    if args.json {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::internal(format!("cannot encode the report: {e}")))?;
-        println!("{json}");
-    } else {
-        print!("{}", render_table(&report));
-    }
+    print!("{}", output?);
     Ok(())
+}
+
+/// One JSON document (`--json`), else the table.
+fn render<R: Serialize>(report: &R, json: bool, table: fn(&R) -> String) -> Result<String, Error> {
+    if !json {
+        return Ok(table(report));
+    }
+    serde_json::to_string_pretty(report)
+        .map(|json| json + "\n")
+        .map_err(|e| Error::internal(format!("cannot encode the report: {e}")))
 }
 
 fn progress_bar(total: u64, json: bool) -> ProgressBar {
@@ -131,15 +150,16 @@ async fn bench(
     server: String,
     progress: &ProgressBar,
 ) -> Result<Report, Error> {
-    let started_at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
     // Callers, the echo responder and the relay each have their own connection, as
     // separate processes would.
     let caller = crate::nats::connect(url, "switchyard-bench").await?;
     let responder = crate::nats::connect(url, "switchyard-bench-echo").await?;
     let relay = crate::nats::connect(url, "switchyard-bench-relay").await?;
-    let machine = MachineInfo::collect(&caller.server_info().version);
+    let run = RunInfo::new(
+        server,
+        timing,
+        MachineInfo::collect(&caller.server_info().version),
+    );
     let names = Names::new();
 
     let mut services = Services::default();
@@ -151,7 +171,8 @@ async fn bench(
             // Raw and relay back to back, so both see the same machine noise.
             for (scenario, subject) in [(REQUEST_REPLY, &names.echo), (RELAY, &names.relay)] {
                 progress.set_message(format!("{scenario} {size} B x{n}"));
-                let m = scenarios::request_reply(&caller, subject, size, n, timing).await?;
+                let m =
+                    scenarios::request_reply(&caller, subject, payload(size), n, timing).await?;
                 results.push(ScenarioResult::new(scenario, size, n, "operation", m));
                 progress.inc(1);
             }
@@ -172,12 +193,7 @@ async fn bench(
         reference
     };
     Ok(Report {
-        started_at,
-        switchyard_version: env!("CARGO_PKG_VERSION"),
-        server,
-        duration_ms: u64::try_from(timing.duration.as_millis()).unwrap_or(u64::MAX),
-        warmup_ms: u64::try_from(timing.warmup.as_millis()).unwrap_or(u64::MAX),
-        machine,
+        run,
         scenarios: results,
         nats_cli,
     })

@@ -1,5 +1,7 @@
-//! What a bench run produces: per-scenario figures taken from an hdrhistogram, the relay-to-raw ratios, the machine description and the JSON document
-//! (`--json` prints [`Report`]). Everything here is pure except [`MachineInfo::collect`].
+//! What a bench run produces: per-scenario figures taken from an hdrhistogram, the
+//! relay-to-raw ratios, the machine description and the baseline's JSON document
+//! (`--json` prints [`Report`]; the gateway suite's is in [`super::gateway`]).
+//! Everything here is pure except [`MachineInfo::collect`] and [`RunInfo::new`].
 
 use std::time::Duration;
 
@@ -7,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::nats_cli::CliReference;
+use super::runner::Timing;
 use crate::error::Error;
 
 /// Scenario names, as they appear in the table and the JSON.
@@ -136,7 +139,8 @@ pub fn attach_ratios(results: &mut [ScenarioResult]) {
     }
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+/// `a / b`, or 0 when `b` is not positive (no figure rather than infinity).
+pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
@@ -175,9 +179,9 @@ impl MachineInfo {
     }
 }
 
-/// The whole run: what `--json` prints.
+/// When, where and how long: the head of every suite's report.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct RunInfo {
     pub started_at: String,
     pub switchyard_version: &'static str,
     /// `embedded` (started for the run) or the URL of the external server.
@@ -185,6 +189,30 @@ pub struct Report {
     pub duration_ms: u64,
     pub warmup_ms: u64,
     pub machine: MachineInfo,
+}
+
+impl RunInfo {
+    /// Starting now.
+    pub fn new(server: String, timing: Timing, machine: MachineInfo) -> RunInfo {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        RunInfo {
+            started_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            switchyard_version: env!("CARGO_PKG_VERSION"),
+            server,
+            duration_ms: millis(timing.duration),
+            warmup_ms: millis(timing.warmup),
+            machine,
+        }
+    }
+}
+
+/// The whole baseline run: what `--json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub run: RunInfo,
     pub scenarios: Vec<ScenarioResult>,
     pub nats_cli: CliReference,
 }

@@ -62,7 +62,9 @@ pub async fn start_echo(client: Client, subject: &str) -> Result<JoinHandle<()>,
 }
 
 /// The bare relay: for each message, request the echo subject with the same payload and
-/// answer with what comes back. Nothing else: the physical bound for any gateway.
+/// answer with what comes back, headers included (a gateway must return the service's
+/// reply untouched: its error replies are told in headers). Nothing else: the physical
+/// bound for any gateway.
 pub async fn start_relay(
     client: Client,
     subject: &str,
@@ -84,24 +86,31 @@ pub async fn start_relay(
             let echo = echo.clone();
             tokio::spawn(async move {
                 if let Ok(answer) = client.request(echo, msg.payload).await {
-                    let _ = client.publish(reply, answer.payload).await;
+                    let _ = match answer.headers {
+                        Some(headers) => {
+                            client
+                                .publish_with_headers(reply, headers, answer.payload)
+                                .await
+                        }
+                        None => client.publish(reply, answer.payload).await,
+                    };
                 }
             });
         }
     }))
 }
 
-/// Request-reply from `concurrency` callers sharing `caller`'s connection.
+/// Request-reply of `body` from `concurrency` callers sharing `caller`'s connection;
+/// an answer of another length (an error reply) counts as an error.
 pub async fn request_reply(
     caller: &Client,
     subject: &str,
-    size: usize,
+    body: Bytes,
     concurrency: usize,
     timing: Timing,
 ) -> Result<Measurement, Error> {
     let client = caller.clone();
     let subject = Subject::from(subject);
-    let body = payload(size);
     drive(concurrency, timing, move || {
         let client = client.clone();
         let subject = subject.clone();

@@ -1,10 +1,11 @@
 //! The human-readable rendering of a [`Report`]: units chosen per value, thousands
-//! separators, and the relay-to-raw ratio column.
+//! separators, and the relay-to-raw ratio column; the run's head and the scenario rows
+//! are shared with the gateway suite's table.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::report::Report;
+use super::report::{Report, RunInfo, ScenarioResult};
 
 pub fn fmt_latency_us(us: u64) -> String {
     match us {
@@ -39,15 +40,14 @@ pub fn fmt_bytes(bytes: usize) -> String {
     }
 }
 
-/// The human-readable rendering of a report.
-pub fn render_table(report: &Report) -> String {
-    let m = &report.machine;
-    let mut out = String::new();
+/// The two lines that open every suite's table: server and machine, then timing.
+pub fn render_run(out: &mut String, title: &str, run: &RunInfo) {
+    let m = &run.machine;
     let _ = writeln!(
         out,
-        "switchyard bench: nats-server {} ({}), {} x {}, {:.1} GiB RAM, kernel {}",
+        "{title}: nats-server {} ({}), {} x {}, {:.1} GiB RAM, kernel {}",
         m.nats_server_version,
-        report.server,
+        run.server,
         m.nproc,
         m.cpu_model,
         m.memory_kib as f64 / (1024.0 * 1024.0),
@@ -56,15 +56,51 @@ pub fn render_table(report: &Report) -> String {
     let _ = writeln!(
         out,
         "{} per scenario after {} warm-up; started {}\n",
-        humantime::format_duration(Duration::from_millis(report.duration_ms)),
-        humantime::format_duration(Duration::from_millis(report.warmup_ms)),
-        report.started_at
+        humantime::format_duration(Duration::from_millis(run.duration_ms)),
+        humantime::format_duration(Duration::from_millis(run.warmup_ms)),
+        run.started_at
     );
+}
+
+/// The column header of scenario rows and its rule; `first` and `notes` name the
+/// first and last columns.
+pub fn scenario_header(first: &str, notes: &str) -> String {
     let header = format!(
-        "{:<14} {:>8} {:>5} {:>10} {:>10} {:>10} {:>10}  {}",
-        "scenario", "payload", "conc", "msgs/s", "p50", "p99", "p99.9", "relay/raw (msgs/s, p50)"
+        "{first:<14} {:>8} {:>5} {:>10} {:>10} {:>10} {:>10}  {notes}",
+        "payload", "conc", "msgs/s", "p50", "p99", "p99.9"
     );
-    let _ = writeln!(out, "{header}\n{}", "-".repeat(header.chars().count()));
+    format!("{header}\n{}", "-".repeat(header.chars().count()))
+}
+
+/// One scenario row, `notes` joined in the last column, plus its errors if any.
+pub fn scenario_row(r: &ScenarioResult, mut notes: Vec<String>) -> String {
+    if r.errors > 0 {
+        let first = r.first_error.as_deref().unwrap_or("");
+        notes.push(format!("{} errors, first: {first}", r.errors));
+    }
+    let row = format!(
+        "{:<14} {:>8} {:>5} {:>10} {:>10} {:>10} {:>10}  {}",
+        r.scenario,
+        fmt_bytes(r.payload_bytes),
+        r.concurrency,
+        fmt_rate(r.msgs_per_sec),
+        fmt_latency_us(r.latency.p50_us),
+        fmt_latency_us(r.latency.p99_us),
+        fmt_latency_us(r.latency.p999_us),
+        notes.join("; "),
+    );
+    row.trim_end().to_string()
+}
+
+/// The human-readable rendering of a baseline report.
+pub fn render_table(report: &Report) -> String {
+    let mut out = String::new();
+    render_run(&mut out, "switchyard bench", &report.run);
+    let _ = writeln!(
+        out,
+        "{}",
+        scenario_header("scenario", "relay/raw (msgs/s, p50)")
+    );
     for r in &report.scenarios {
         let mut notes = Vec::new();
         if let Some(v) = r.vs_raw {
@@ -77,22 +113,7 @@ pub fn render_table(report: &Report) -> String {
         if r.latency_per != "operation" {
             notes.push(format!("latency per {}", r.latency_per));
         }
-        if r.errors > 0 {
-            let first = r.first_error.as_deref().unwrap_or("");
-            notes.push(format!("{} errors, first: {first}", r.errors));
-        }
-        let row = format!(
-            "{:<14} {:>8} {:>5} {:>10} {:>10} {:>10} {:>10}  {}",
-            r.scenario,
-            fmt_bytes(r.payload_bytes),
-            r.concurrency,
-            fmt_rate(r.msgs_per_sec),
-            fmt_latency_us(r.latency.p50_us),
-            fmt_latency_us(r.latency.p99_us),
-            fmt_latency_us(r.latency.p999_us),
-            notes.join("; "),
-        );
-        let _ = writeln!(out, "{}", row.trim_end());
+        let _ = writeln!(out, "{}", scenario_row(r, notes));
     }
     out.push_str("\nnats bench reference (natscli):\n");
     let cli = &report.nats_cli;
@@ -112,8 +133,26 @@ pub fn render_table(report: &Report) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A run description for rendering tests.
+    pub fn test_run() -> RunInfo {
+        RunInfo {
+            started_at: "2026-01-01T00:00:00Z".into(),
+            switchyard_version: "0.1.0",
+            server: "embedded".into(),
+            duration_ms: 3000,
+            warmup_ms: 500,
+            machine: crate::bench::report::MachineInfo {
+                nproc: 2,
+                cpu_model: "CPU".into(),
+                memory_kib: 2 * 1024 * 1024,
+                kernel: "6.1".into(),
+                nats_server_version: "2.15.2".into(),
+            },
+        }
+    }
 
     #[test]
     fn latency_formatting_switches_units() {
@@ -155,18 +194,7 @@ mod tests {
         let mut scenarios = vec![row(REQUEST_REPLY, 100), row(RELAY, 250)];
         attach_ratios(&mut scenarios);
         let report = Report {
-            started_at: "2026-01-01T00:00:00Z".into(),
-            switchyard_version: "0.1.0",
-            server: "embedded".into(),
-            duration_ms: 3000,
-            warmup_ms: 500,
-            machine: MachineInfo {
-                nproc: 2,
-                cpu_model: "CPU".into(),
-                memory_kib: 2 * 1024 * 1024,
-                kernel: "6.1".into(),
-                nats_server_version: "2.15.2".into(),
-            },
+            run: test_run(),
             scenarios,
             nats_cli: CliReference::skipped("nats CLI not available"),
         };

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use super::Context;
-use crate::envelope::{ContentType, Envelope, Meta, Outgoing, check_size};
+use crate::envelope::{Envelope, Meta, Outgoing, check_size};
 use crate::error::{Error, ErrorKind};
 use crate::observability::metrics as m;
 use crate::subjects::headers as h;
@@ -79,6 +79,18 @@ pub struct ErrorDetail {
     pub kind: ErrorKind,
     pub code: u16,
     pub message: String,
+}
+
+impl From<&Error> for ErrorBody {
+    fn from(err: &Error) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                kind: err.kind(),
+                code: err.code(),
+                message: err.message().to_string(),
+            },
+        }
+    }
 }
 
 /// Subscribes `endpoint` and serves it with `handler` until shutdown. The supervisor
@@ -178,7 +190,7 @@ async fn handle<H, Fut>(
     let headers = message.headers.clone().unwrap_or_default();
     let (outgoing, code) = match Meta::from_headers(Some(&headers), endpoint.request_type) {
         Err(err) => (
-            error_reply(&fallback_meta(&headers), endpoint, &err),
+            error_reply(&Meta::unreadable(Some(&headers)), endpoint, &err),
             err.code(),
         ),
         Ok(meta) => {
@@ -227,17 +239,10 @@ fn success_reply(
 pub(crate) fn error_reply(request: &Meta, endpoint: &Endpoint, err: &Error) -> Outgoing {
     let meta = request.follow_up(endpoint.source, "io.switchyard.error");
     let mut headers = meta.to_headers();
-    // Plain text for people reading `nats req` output; CR/LF would break the framing.
-    headers.insert(h::SERVICE_ERROR, err.message().replace(['\r', '\n'], " "));
+    // Plain text for people reading `nats req` output.
+    headers.insert(h::SERVICE_ERROR, err.header_text());
     headers.insert(h::SERVICE_ERROR_CODE, err.code().to_string());
-    let body = ErrorBody {
-        error: ErrorDetail {
-            kind: err.kind(),
-            code: err.code(),
-            message: err.message().to_string(),
-        },
-    };
-    let payload = Envelope::new(meta, body)
+    let payload = Envelope::new(meta, ErrorBody::from(err))
         .encode()
         .map(|(_, payload)| payload)
         .unwrap_or_default();
@@ -245,18 +250,6 @@ pub(crate) fn error_reply(request: &Meta, endpoint: &Endpoint, err: &Error) -> O
         headers,
         payload: payload.into(),
     }
-}
-
-/// Attributes for answering a request whose own attributes could not be read: keep
-/// its id and trace where readable, answer in JSON (the codec anyone can read).
-pub(crate) fn fallback_meta(headers: &HeaderMap) -> Meta {
-    let mut meta = Meta::new(crate::envelope::UNKNOWN_SOURCE, "io.switchyard.request")
-        .with_content_type(ContentType::Json);
-    if let Some(id) = headers.get(h::CE_ID) {
-        meta.id = crate::envelope::decode_value(id.as_str());
-        meta.correlation_id = meta.id.clone();
-    }
-    meta
 }
 
 fn reply_type(endpoint: &Endpoint) -> String {

@@ -124,17 +124,7 @@ impl Meta {
                 .map(|v| decode_value(v.as_str()))
                 .filter(|v| !v.is_empty())
         };
-        if let Some(version) = get(h::CE_SPECVERSION)
-            && version != SPEC_VERSION
-        {
-            return Err(Error::invalid_input(format!(
-                "unsupported ce-specversion {version:?}: Switchyard speaks CloudEvents {SPEC_VERSION}"
-            )));
-        }
-        let content_type = match get(h::CE_DATACONTENTTYPE).or_else(|| get(h::CONTENT_TYPE)) {
-            Some(value) => ContentType::parse(&value)?,
-            None => ContentType::Json,
-        };
+        let content_type = content_type_of(headers)?;
         let id = get(h::CE_ID).unwrap_or_else(new_id);
         // An invalid traceparent starts a new trace (W3C) rather than failing the message.
         let traceparent = get(h::TRACEPARENT)
@@ -151,6 +141,45 @@ impl Meta {
             traceparent: traceparent.as_str().to_string(),
             tracestate: get(h::TRACESTATE),
         })
+    }
+}
+
+/// What [`Meta::from_headers`] checks, without building anything: a `ce-specversion`
+/// other than 1.0 and an unknown content type are errors; the codec otherwise. Cheap
+/// enough for paths that forward a message without reading it (the gateway).
+pub fn content_type_of(headers: Option<&HeaderMap>) -> Result<ContentType, Error> {
+    let get = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(version) = get(h::CE_SPECVERSION)
+        && decode_value(version) != SPEC_VERSION
+    {
+        return Err(Error::invalid_input(format!(
+            "unsupported ce-specversion {:?}: Switchyard speaks CloudEvents {SPEC_VERSION}",
+            decode_value(version)
+        )));
+    }
+    match get(h::CE_DATACONTENTTYPE).or_else(|| get(h::CONTENT_TYPE)) {
+        Some(value) => ContentType::parse(&decode_value(value)),
+        None => Ok(ContentType::Json),
+    }
+}
+
+impl Meta {
+    /// Attributes for answering a message whose own attributes could not be read (an
+    /// unknown content type, a wrong `ce-specversion`): keep its `ce-id` as the
+    /// conversation's where readable, and answer in JSON, the codec anyone can read.
+    pub fn unreadable(headers: Option<&HeaderMap>) -> Meta {
+        let mut meta =
+            Meta::new(UNKNOWN_SOURCE, "io.switchyard.request").with_content_type(ContentType::Json);
+        if let Some(id) = headers.and_then(|h| h.get(h::CE_ID)) {
+            meta.id = decode_value(id.as_str());
+            meta.correlation_id = meta.id.clone();
+        }
+        meta
     }
 }
 

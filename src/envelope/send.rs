@@ -34,7 +34,7 @@ impl Outgoing {
 /// headers plus payload must fit in the server's `max_payload`.
 pub fn check_size(client: &Client, message: &Outgoing) -> Result<(), Error> {
     let size = header_wire_len(&message.headers) + message.payload.len();
-    let max = client.server_info().max_payload;
+    let max = client.max_payload();
     if max > 0 && size > max {
         return Err(Error::new(
             ErrorKind::PayloadTooLarge,

@@ -3,7 +3,8 @@
 //! `switchyard_<component>_<what>_<unit>[_total]`; labels stay low-cardinality
 //! (component, endpoint, code — never ids or raw subjects).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -82,14 +83,55 @@ pub fn sdk_request(service: &str, operation: &str, code: Option<u16>, elapsed: D
         .record(elapsed.as_secs_f64());
 }
 
-/// One gateway request. The caller decides `service` and `operation` only for registered
-/// services and listed operations; everything else arrives here as `"unknown"`.
-pub fn gateway_request(service: &str, operation: &str, code: u16, elapsed: Duration) {
-    let (service, operation) = (service.to_string(), operation.to_string());
-    metrics::counter!(GATEWAY_REQUESTS_TOTAL, "service" => service.clone(), "operation" => operation.clone(), "code" => code.to_string())
-        .increment(1);
-    metrics::histogram!(GATEWAY_REQUEST_DURATION_SECONDS, "service" => service, "operation" => operation)
-        .record(elapsed.as_secs_f64());
+/// Gateway metric handles per route, kept so the hot path neither allocates label
+/// strings nor looks labels up in the recorder on every request. Label values are
+/// bounded by the caller (registered names or `unknown`).
+#[derive(Default)]
+pub struct GatewayMetrics {
+    routes: RwLock<HashMap<String, HashMap<String, RouteMetrics>>>,
+}
+
+struct RouteMetrics {
+    duration: metrics::Histogram,
+    /// By reply code; a handful at most.
+    requests: Vec<(u16, metrics::Counter)>,
+}
+
+impl GatewayMetrics {
+    /// One request on `service`/`operation`, answered with `code`.
+    pub fn record(&self, service: &str, operation: &str, code: u16, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Ok(routes) = self.routes.read()
+            && let Some(route) = routes.get(service).and_then(|ops| ops.get(operation))
+            && let Some((_, counter)) = route.requests.iter().find(|(c, _)| *c == code)
+        {
+            counter.increment(1);
+            route.duration.record(seconds);
+            return;
+        }
+        let Ok(mut routes) = self.routes.write() else {
+            return;
+        };
+        let route = routes
+            .entry(service.to_string())
+            .or_default()
+            .entry(operation.to_string())
+            .or_insert_with(|| RouteMetrics {
+                duration: metrics::histogram!(GATEWAY_REQUEST_DURATION_SECONDS,
+                    "service" => service.to_string(), "operation" => operation.to_string()),
+                requests: Vec::new(),
+            });
+        if !route.requests.iter().any(|(c, _)| *c == code) {
+            let counter = metrics::counter!(GATEWAY_REQUESTS_TOTAL,
+                "service" => service.to_string(), "operation" => operation.to_string(),
+                "code" => code.to_string());
+            route.requests.push((code, counter));
+        }
+        if let Some((_, counter)) = route.requests.iter().find(|(c, _)| *c == code) {
+            counter.increment(1);
+        }
+        route.duration.record(seconds);
+    }
 }
 
 /// Mirrors the NATS client's connection and traffic counters into gauges.

@@ -17,16 +17,12 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::envelope::{ContentType, Meta, Outgoing, check_size, decode_value};
+use crate::envelope::{Meta, Outgoing, check_size};
 use crate::error::Error;
 use crate::observability::metrics as m;
-use crate::subjects::headers as h;
 
 /// `ce-type` of error replies, as the shared responder uses.
 const ERROR_TYPE: &str = "io.switchyard.error";
-/// Longest `Nats-Service-Error` text sent; a longer handler message is cut (a header
-/// must stay far below `max_payload`).
-const MAX_ERROR_TEXT: usize = 1024;
 
 /// A handler with its types erased: request attributes and raw payload in, the answer
 /// encoded in the caller's codec out.
@@ -95,7 +91,7 @@ pub(crate) async fn handle(endpoint: &Endpoint, request: Request) {
             });
             (meta, outcome)
         }
-        Err(err) => (fallback_meta(headers), Err(err)),
+        Err(err) => (Meta::unreadable(headers), Err(err)),
     };
     let answer = outcome.and_then(|payload| {
         let answer = Outgoing {
@@ -118,7 +114,7 @@ pub(crate) async fn handle(endpoint: &Endpoint, request: Request) {
         Err(err) => {
             let headers = error_headers(endpoint, &meta);
             let micro = MicroError {
-                status: error_text(&err),
+                status: err.header_text(),
                 code: usize::from(err.code()),
             };
             (
@@ -152,49 +148,11 @@ fn error_headers(endpoint: &Endpoint, meta: &Meta) -> HeaderMap {
     }
 }
 
-/// The `Nats-Service-Error` text: one line (CR/LF would break the protocol framing),
-/// at most [`MAX_ERROR_TEXT`] bytes.
-fn error_text(err: &Error) -> String {
-    let mut text = err.message().replace(['\r', '\n'], " ");
-    if text.len() > MAX_ERROR_TEXT {
-        let mut cut = MAX_ERROR_TEXT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    if text.is_empty() {
-        text = err.kind().as_str().to_string();
-    }
-    text
-}
-
-/// Attributes for answering a request whose own attributes could not be read: keep
-/// its id (as causation and correlation) where readable, answer in JSON.
-fn fallback_meta(headers: Option<&HeaderMap>) -> Meta {
-    let mut meta = Meta::new(crate::envelope::UNKNOWN_SOURCE, "io.switchyard.request")
-        .with_content_type(ContentType::Json);
-    if let Some(id) = headers.and_then(|h| h.get(h::CE_ID)) {
-        meta.id = decode_value(id.as_str());
-        meta.correlation_id = meta.id.clone();
-    }
-    meta
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::ContentType;
     use crate::error::ErrorKind;
-
-    #[test]
-    fn error_text_is_one_bounded_line() {
-        let err = Error::new(ErrorKind::Transient, "a\r\nb");
-        assert_eq!(error_text(&err), "a  b");
-        let err = Error::new(ErrorKind::Permanent, "é".repeat(2000));
-        let text = error_text(&err);
-        assert!(text.len() <= MAX_ERROR_TEXT && text.starts_with('é'));
-        assert_eq!(error_text(&Error::internal("")), "internal");
-    }
 
     #[tokio::test]
     async fn typed_handlers_answer_in_the_callers_codec() {

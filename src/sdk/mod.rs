@@ -33,6 +33,7 @@
 //!   and deregisters on a graceful stop ([`RunningService::stop`]); an instance that
 //!   dies stops heartbeating and its entry expires after three intervals.
 
+mod args;
 mod handler;
 mod running;
 
@@ -44,6 +45,7 @@ use async_nats::Client;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use self::args::ServiceArgs;
 pub use self::running::{RunningService, StopReport};
 use crate::envelope::Meta;
 use crate::error::Error;

@@ -2,6 +2,7 @@
 //! killed on drop, its log printed when the test failed. No mock of NATS anywhere.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use switchyard::admin::Readiness;
+use switchyard::component::Component;
+use switchyard::component::supervisor::Supervisor;
+use switchyard::config::JetStreamConfig;
+use switchyard::envelope::Envelope;
+use switchyard::integration::bus::catalog::ServiceLifecycle;
+use switchyard::integration::registry::{EndpointEntry, Health, RegistryEntry};
 use switchyard::nats::{EmbeddedServer, ServerOptions};
 
 /// A loopback port nobody listens on right now.
@@ -69,6 +78,110 @@ impl Drop for TestServer {
 
 pub fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// JetStream settings for a single test server: one replica.
+pub fn jetstream_config() -> JetStreamConfig {
+    JetStreamConfig {
+        replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// A started [`TestServer`] with the streams and buckets provisioned
+/// ([`jetstream_config`]), and a client connected to it.
+pub async fn provisioned() -> (TestServer, async_nats::Client) {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    switchyard::nats::provision(&js, &jetstream_config())
+        .await
+        .expect("provision");
+    (server, client)
+}
+
+/// `component` running under a [`Supervisor`] on its own connection to `server`, with
+/// [`jetstream_config`].
+pub async fn supervise(server: &TestServer, component: Box<dyn Component>) -> Supervisor {
+    let name = component.name();
+    let client = server.client().await;
+    Supervisor::start(
+        client,
+        vec![component],
+        Readiness::default(),
+        jetstream_config(),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("start component {name}: {err}"))
+}
+
+/// Every service lifecycle event (`events.sys.service.>`) stored in stream EVENTS so
+/// far, in order, read with an ordered consumer. Callers filter what they look at.
+pub async fn lifecycle_events(client: &async_nats::Client) -> Vec<Envelope<ServiceLifecycle>> {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "events.sys.service.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut messages = consumer.messages().await.unwrap().take(pending);
+    let mut events = Vec::new();
+    while let Some(Ok(message)) = messages.next().await {
+        let event: Envelope<ServiceLifecycle> =
+            Envelope::decode(message.headers.as_ref(), &message.payload, "").unwrap();
+        events.push(event);
+    }
+    events
+}
+
+/// A healthy registry entry for `instance` of `service` (version 1.2.3, metadata
+/// `team=agents`) with one operation, `say` on `svc.<service>.say` in queue group `q`.
+pub fn registry_entry(service: &str, instance: &str) -> RegistryEntry {
+    RegistryEntry {
+        name: service.into(),
+        version: "1.2.3".into(),
+        instance: instance.into(),
+        description: "test service".into(),
+        endpoints: vec![EndpointEntry {
+            name: "say".into(),
+            subject: format!("svc.{service}.say"),
+            queue_group: "q".into(),
+        }],
+        metadata: BTreeMap::from([("team".to_string(), "agents".to_string())]),
+        host: "test-host".into(),
+        pid: std::process::id(),
+        started: "2026-11-24T00:00:00Z".into(),
+        last_heartbeat: String::new(),
+        heartbeat_ms: 0,
+        health: Health::Healthy,
+    }
+}
+
+/// Runs the real `nats` CLI against `url` (`nats -s <url> <args>`): its stdout, or its
+/// stderr when it fails. A missing CLI is a failure (run scripts/setup), never a skip.
+pub fn try_nats_cli(url: &str, args: &[&str]) -> Result<String, String> {
+    let nats = switchyard::nats::embedded::find_tool("nats", None)
+        .expect("the nats CLI (run scripts/setup)");
+    let output = Command::new(nats)
+        .arg("-s")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run nats");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// [`try_nats_cli`] that must succeed: its stdout; a failure panics with its stderr.
+pub fn nats_cli(url: &str, args: &[&str]) -> String {
+    try_nats_cli(url, args).unwrap_or_else(|err| panic!("nats {args:?}: {err}"))
 }
 
 /// A `switchyard` process started by a test, killed on drop, its output printed when
@@ -280,6 +393,17 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// [`eventually_async`] that must succeed: the value, or a panic naming `what`.
+pub async fn until<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_async(timeout, check)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within {timeout:?}"))
 }
 
 /// Whether a process with this pid still exists (and is not a zombie we reaped).

@@ -4,17 +4,17 @@
 //! remaining deadline. The payload is never decoded: the service validates it, and its
 //! reply comes back untouched. Every request is counted here, whichever way it came.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap, Message, RequestErrorKind};
 use bytes::Bytes;
 
 use super::policy::Policies;
-use crate::component::responder::fallback_meta;
-use crate::envelope::{Meta, Outgoing, TraceParent, check_size};
+use crate::envelope::{Meta, Outgoing, TraceParent, check_size, content_type_of};
 use crate::error::{Error, ErrorKind};
 use crate::integration::registry::{Lookup, view::RegistryView};
-use crate::observability::metrics as m;
+use crate::observability::metrics::GatewayMetrics;
 use crate::subjects::{headers as h, validate_token};
 
 /// `ce-source` of the gateway's own replies.
@@ -38,6 +38,7 @@ pub struct Forwarder {
     client: Client,
     view: RegistryView,
     policies: Policies,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl Forwarder {
@@ -46,6 +47,7 @@ impl Forwarder {
             client,
             view,
             policies,
+            metrics: Arc::default(),
         }
     }
 
@@ -71,7 +73,8 @@ impl Forwarder {
             Ok(reply) => reply_code(reply),
             Err(refusal) => refusal.error.code(),
         };
-        m::gateway_request(labels.0, labels.1, code, started.elapsed());
+        self.metrics
+            .record(labels.0, labels.1, code, started.elapsed());
         if code >= 500 {
             tracing::debug!(
                 service = labels.0,
@@ -86,9 +89,10 @@ impl Forwarder {
     /// A request refused before it named a route (a malformed subject or HTTP request):
     /// counted under `unknown`, answered with `error`.
     pub fn refuse(&self, headers: &HeaderMap, error: Error, started: Instant) -> Refusal {
-        m::gateway_request(UNKNOWN, UNKNOWN, error.code(), started.elapsed());
+        self.metrics
+            .record(UNKNOWN, UNKNOWN, error.code(), started.elapsed());
         let meta = Meta::from_headers(Some(headers), REQUEST_TYPE)
-            .unwrap_or_else(|_| fallback_meta(headers));
+            .unwrap_or_else(|_| Meta::unreadable(Some(headers)));
         Refusal { meta, error }
     }
 
@@ -101,9 +105,12 @@ impl Forwarder {
         started: Instant,
         labels: &mut (&'a str, &'a str),
     ) -> Result<Message, Refusal> {
-        let meta = Meta::from_headers(Some(&headers), REQUEST_TYPE);
+        // Only checked here: the full attributes are built when the gateway answers
+        // itself, never on the forwarding path (it costs ids and a timestamp).
+        let checked = content_type_of(Some(&headers));
         let refuse = |error: Error, headers: &HeaderMap| Refusal {
-            meta: meta.clone().unwrap_or_else(|_| fallback_meta(headers)),
+            meta: Meta::from_headers(Some(headers), REQUEST_TYPE)
+                .unwrap_or_else(|_| Meta::unreadable(Some(headers))),
             error,
         };
         if let Err(err) =
@@ -120,10 +127,9 @@ impl Forwarder {
                 labels.1 = operation;
             }
         }
-        let meta = match &meta {
-            Ok(meta) => meta,
-            Err(err) => return Err(refuse(err.clone(), &headers)),
-        };
+        if let Err(err) = checked {
+            return Err(refuse(err, &headers));
+        }
         let budget = match caller_budget(&headers) {
             Ok(budget) => budget,
             Err(err) => return Err(refuse(err, &headers)),
@@ -164,8 +170,8 @@ impl Forwarder {
             .get(h::TRACEPARENT)
             .is_some_and(|v| TraceParent::parse(v.as_str()).is_some());
         if !valid_trace {
-            // The trace the gateway's own logs and replies use: the service joins it.
-            headers.insert(h::TRACEPARENT, meta.traceparent.as_str());
+            // A new trace (W3C) that the service joins.
+            headers.insert(h::TRACEPARENT, TraceParent::new_root().as_str());
         }
         let outgoing = Outgoing { headers, payload };
         if let Err(err) = check_size(&self.client, &outgoing) {

@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use super::forward::{Forwarder, REQUEST_TYPE};
 use crate::component::Context;
-use crate::component::responder::{ErrorBody, ErrorDetail};
-use crate::envelope::{ContentType, Meta, to_display_json};
+use crate::component::responder::ErrorBody;
+use crate::envelope::{ContentType, Meta, error_from_reply, to_display_json};
 use crate::error::{Error, ErrorKind};
 use crate::integration::registry::RegistryEntry;
 use crate::subjects::headers as h;
@@ -63,7 +63,7 @@ pub fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::internal(format!("gateway HTTP local address: {e}")))?;
-    let max_body = ctx.client.server_info().max_payload;
+    let max_body = ctx.client.max_payload();
     let app = Router::new()
         .route("/v1/services", get(services))
         .route("/v1/{service}/{operation}", post(call))
@@ -185,16 +185,11 @@ fn reply_response(reply: async_nats::Message) -> Response {
             let body = match codec.decode::<ErrorBody>(&reply.payload) {
                 Ok(body) => json_bytes(&body),
                 // An error told in headers only: the body is built from them.
-                Err(_) => json_bytes(&ErrorBody {
-                    error: ErrorDetail {
-                        kind: ErrorKind::from_code(code),
-                        code,
-                        message: headers
-                            .get(h::SERVICE_ERROR)
-                            .map(|v| v.as_str().to_string())
-                            .unwrap_or_default(),
-                    },
-                }),
+                Err(_) => {
+                    let told = error_from_reply(Some(&headers))
+                        .unwrap_or_else(|| Error::new(ErrorKind::from_code(code), ""));
+                    json_bytes(&ErrorBody::from(&told))
+                }
             };
             (status, body)
         }
@@ -221,13 +216,7 @@ fn to_json(codec: ContentType, payload: Bytes) -> Bytes {
 }
 
 fn error_response(err: &Error) -> Response {
-    let body = json_bytes(&ErrorBody {
-        error: ErrorDetail {
-            kind: err.kind(),
-            code: err.code(),
-            message: err.message().to_string(),
-        },
-    });
+    let body = json_bytes(&ErrorBody::from(err));
     let status = StatusCode::from_u16(err.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, body)
 }

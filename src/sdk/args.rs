@@ -1,0 +1,32 @@
+//! The command-line settings every service program shares, so a service's `main` is
+//! two lines: parse, then [`ServiceArgs::run`].
+
+use std::time::Duration;
+
+use super::Service;
+use crate::cli::{LogFormat, parse_duration};
+use crate::error::Error;
+
+/// `--nats`, `--heartbeat` and `--log`, each with its env fallback. Flatten it into a
+/// program's own clap arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// NATS server.
+    #[arg(long, env = "NATS_URL", default_value = crate::app::DEFAULT_NATS_URL)]
+    pub nats: String,
+    /// Registry heartbeat; the entry expires after three missed beats.
+    #[arg(long, env = "SWITCHYARD_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Log filter in tracing's EnvFilter syntax.
+    #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServiceArgs {
+    /// Logs, connects, and runs `service` until SIGINT/SIGTERM, then stops gracefully.
+    pub async fn run(self, service: Service) -> Result<(), Error> {
+        crate::observability::logging::init(&self.log, LogFormat::Text);
+        let client = crate::nats::connect(&self.nats, service.name()).await?;
+        service.heartbeat(self.heartbeat).run(&client).await
+    }
+}
