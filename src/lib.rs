@@ -12,11 +12,10 @@
 //!   components for `up` and `run`.
 //! - [`nats`] is the infrastructure underneath: the embedded nats-server, connecting,
 //!   provisioning streams and buckets.
-//! - Components, grouped as the seed groups them: component integration (gateway, bus,
-//!   registry), data integration (flow, sync, cache), [`system`] integration
-//!   (coordinator, monitor, health; today the `instance` component), resilience
-//!   (retry, fallback, dead letters; the taxonomy is [`error`]) and [`observability`]
-//!   (metrics, logs, alerts).
+//! - Components, grouped as the seed groups them: [`integration`] (gateway, bus,
+//!   registry), [`data`] (flow, sync, cache), [`system`] integration (coordinator,
+//!   monitor, health; today the `instance` component), [`resilience`] (dead letters
+//!   today; the taxonomy is [`error`]) and [`observability`] (metrics, logs, alerts).
 //! - [`admin`] serves `/healthz`, `/readyz` and `/metrics`; [`bench`] measures the
 //!   raw-NATS baselines; [`cli`] and [`config`] read flags, env and the TOML file.
 //! - [`sdk`] is how users write services (operations with typed handlers, NATS micro,
@@ -33,12 +32,14 @@ pub mod bench;
 pub mod cli;
 pub mod component;
 pub mod config;
+pub mod data;
 pub mod demo;
 pub mod envelope;
 pub mod error;
 pub mod integration;
 pub mod nats;
 pub mod observability;
+pub mod resilience;
 pub mod sdk;
 pub mod shutdown;
 pub mod subjects;

@@ -13,8 +13,15 @@ pub const API: &str = "api.<service>.<operation>";
 pub const SVC: &str = "svc.<service>.<operation>";
 /// Event bus, captured by stream `EVENTS`.
 pub const EVENTS: &str = "events.<domain>.<name>";
-/// Data flow and sync, captured by stream `DATA`.
-pub const DATA: &str = "data.>";
+/// Records from sources, captured by stream `DATA` (the publish is acknowledged). The
+/// data flow rules route them; data sync delivers them to their targets.
+pub const DATA_IN: &str = "data.in.<source>[.<…>]";
+/// Records no flow rule matched: a copy, kept in stream `DATA` and counted.
+pub const DATA_UNROUTED: &str = "data.unrouted";
+/// Delivery confirmations to a record's source, one per record and target.
+pub const DATA_CONFIRM: &str = "data.confirm.<source>";
+/// Data cache request-reply: `cache.get|put|del.<namespace>.<key>`.
+pub const CACHE: &str = "cache.<get|put|del>.<namespace>.<key>";
 /// Durable task work items, captured by the work-queue stream `TASKS`.
 pub const TASKS_WORK: &str = "tasks.work.<service>.<operation>";
 /// Dead letters, captured by stream `DLQ`.
@@ -137,9 +144,26 @@ pub mod headers {
     /// The caller's remaining time budget in milliseconds. The gateway forwards with
     /// min(budget, the service's policy timeout) and sets it to what is left.
     pub const TIMEOUT_MS: &str = "Switchyard-Timeout-Ms";
+    /// On a record delivered to a target: the id an idempotent target de-duplicates
+    /// on, the same on every redelivery (`<record id>`).
+    pub const DELIVERY_ID: &str = "Switchyard-Delivery-Id";
+    /// On a record delivered to a target: the key that orders it (the flow rule's key).
+    pub const RECORD_KEY: &str = "Switchyard-Record-Key";
+    /// On deliveries, confirmations and dead letters of data sync: the target's name.
+    pub const TARGET: &str = "Switchyard-Target";
+    /// On copies (unrouted records, dead letters): where the original was published.
+    pub const ORIGINAL_SUBJECT: &str = "Switchyard-Original-Subject";
+    /// On copies: the original's stream and sequence, `<stream>:<seq>`.
+    pub const ORIGINAL_SEQ: &str = "Switchyard-Original-Seq";
+    /// On dead letters: why the message was given up (text), its error code, the
+    /// component that gave up, and how many deliveries were tried.
+    pub const DLQ_REASON: &str = "Switchyard-Dlq-Reason";
+    pub const DLQ_CODE: &str = "Switchyard-Dlq-Code";
+    pub const DLQ_COMPONENT: &str = "Switchyard-Dlq-Component";
+    pub const DLQ_DELIVERIES: &str = "Switchyard-Dlq-Deliveries";
 
     /// Every header above, for the subjects.md contract test.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 24] = [
         CE_SPECVERSION,
         CE_ID,
         CE_SOURCE,
@@ -155,17 +179,29 @@ pub mod headers {
         SERVICE_ERROR,
         SERVICE_ERROR_CODE,
         TIMEOUT_MS,
+        DELIVERY_ID,
+        RECORD_KEY,
+        TARGET,
+        ORIGINAL_SUBJECT,
+        ORIGINAL_SEQ,
+        DLQ_REASON,
+        DLQ_CODE,
+        DLQ_COMPONENT,
+        DLQ_DELIVERIES,
     ];
 }
 
 /// Every subject family and fixed subject, for the subjects.md contract test.
-pub const ALL_SUBJECTS: [&str; 15] = [
+pub const ALL_SUBJECTS: [&str; 18] = [
     API,
     SVC,
     SRV,
     EVENTS,
     EVENTS_SERVICE,
-    DATA,
+    DATA_IN,
+    DATA_UNROUTED,
+    DATA_CONFIRM,
+    CACHE,
     TASKS_WORK,
     DLQ,
     ERRORS,
@@ -224,6 +260,26 @@ pub fn event(domain: &str, name: &str) -> Result<String, Error> {
 pub fn errors(component: &str) -> Result<String, Error> {
     join("errors", &[("component", component)])
 }
+
+/// `data.confirm.<source>`
+pub fn data_confirm(source: &str) -> Result<String, Error> {
+    join("data.confirm", &[("source", source)])
+}
+
+/// Durable consumer of the data flow on stream `DATA` (filter `data.in.>`): every
+/// record once, to find unrouted and malformed ones.
+pub const FLOW_CONSUMER: &str = "flow";
+
+/// Durable consumer of data sync on stream `DATA` for one target: `sync-<target>`.
+pub fn sync_consumer(target: &str) -> Result<String, Error> {
+    validate_token("target", target)?;
+    Ok(format!("sync-{target}"))
+}
+
+/// Prefixes of the keys in KV `policies` that are not a service's gateway policy:
+/// `sync.<target>` (data sync) and `cache.<namespace>` (data cache).
+pub const POLICY_SYNC_PREFIX: &str = "sync.";
+pub const POLICY_CACHE_PREFIX: &str = "cache.";
 
 /// `dlq.<original subject>`: the original subject is kept whole so a redrive knows
 /// where the message came from.

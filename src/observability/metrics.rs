@@ -30,6 +30,9 @@ pub const SDK_REQUESTS_TOTAL: &str = "switchyard_sdk_requests_total";
 /// Handling time of SDK requests, decode to reply; labels `service`, `operation`.
 pub const SDK_REQUEST_DURATION_SECONDS: &str = "switchyard_sdk_request_duration_seconds";
 
+/// Messages given up on and stored in stream `DLQ`; labels `component`, `kind`.
+pub const DEAD_LETTERS_TOTAL: &str = "switchyard_dead_letters_total";
+
 /// Latency buckets from 100 µs to 30 s: request-reply on loopback is sub-millisecond,
 /// agent steps take seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -150,4 +153,10 @@ pub fn upkeep() {
     if let Some(handle) = HANDLE.get() {
         handle.run_upkeep();
     }
+}
+
+/// Counts one dead letter.
+pub fn dead_letter(component: &'static str, kind: crate::error::ErrorKind) {
+    metrics::counter!(DEAD_LETTERS_TOTAL, "component" => component, "kind" => kind.as_str())
+        .increment(1);
 }

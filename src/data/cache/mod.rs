@@ -1,0 +1,1 @@
+//! The data cache (being built).

@@ -1,0 +1,169 @@
+//! A record as data flow and data sync read it from stream `DATA`: where it was
+//! published, its id, when the stream stored it (the time its routing is decided by),
+//! and the checks that make a record malformed. Flow and sync apply the same checks, so
+//! they agree on which records are dead-lettered (by flow) and skipped (by sync).
+
+use std::sync::OnceLock;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use crate::envelope::{ContentType, content_type_of, decode_value};
+use crate::error::Error;
+use crate::subjects::headers as h;
+
+/// Prefix of every record subject: `data.in.<source>[.…]`.
+pub const DATA_IN_PREFIX: &str = "data.in.";
+
+#[derive(Debug)]
+pub struct Record {
+    /// `data.in.<source>[.…]`
+    pub subject: String,
+    /// The subject's third token.
+    pub source: String,
+    /// `ce-id`, else `Nats-Msg-Id`, else `DATA-<seq>`: what the source knows the record
+    /// by, carried by its confirmation.
+    pub id: String,
+    /// Sequence in stream `DATA`.
+    pub seq: u64,
+    /// When the stream stored it (server time): the rules in force at this time route it.
+    pub stored: OffsetDateTime,
+    /// How many times this consumer has delivered it (1 the first time).
+    pub delivered: i64,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+    content: OnceLock<Result<serde_json::Value, Error>>,
+}
+
+impl Record {
+    /// Reads a JetStream message of stream `DATA`. Fails only for a message that is not
+    /// a JetStream delivery or not on `data.in.<source>…` (a consumer misconfigured).
+    pub fn from_message(message: &async_nats::jetstream::Message) -> Result<Record, Error> {
+        let info = message
+            .info()
+            .map_err(|e| Error::internal(format!("not a JetStream delivery: {e}")))?;
+        let (seq, stored, delivered) = (info.stream_sequence, info.published, info.delivered);
+        Record::new(
+            message.subject.to_string(),
+            seq,
+            stored,
+            delivered,
+            message.headers.clone().unwrap_or_default(),
+            message.payload.clone(),
+        )
+    }
+
+    pub fn new(
+        subject: String,
+        seq: u64,
+        stored: OffsetDateTime,
+        delivered: i64,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Record, Error> {
+        let source = subject
+            .strip_prefix(DATA_IN_PREFIX)
+            .and_then(|rest| rest.split('.').next())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::internal(format!("{subject:?} is not a data.in.<source> subject"))
+            })?
+            .to_string();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| decode_value(v.as_str()))
+                .filter(|v| !v.is_empty())
+        };
+        let id = header(h::CE_ID)
+            .or_else(|| header(h::NATS_MSG_ID))
+            .unwrap_or_else(|| format!("DATA-{seq}"));
+        Ok(Record {
+            subject,
+            source,
+            id,
+            seq,
+            stored,
+            delivered,
+            headers,
+            payload,
+            content: OnceLock::new(),
+        })
+    }
+
+    /// A header's value, percent-decoded as `ce-*` values are.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| decode_value(v.as_str()))
+    }
+
+    /// The codec the record declares (`ce-datacontenttype`, else `Content-Type`, else
+    /// JSON); an unknown one or a wrong `ce-specversion` makes the record malformed.
+    pub fn content_type(&self) -> Result<ContentType, Error> {
+        content_type_of(Some(&self.headers))
+    }
+
+    /// The payload decoded in its codec, as a JSON value (decoded once). A payload that
+    /// does not decode makes the record malformed: no target could read it either.
+    pub fn content(&self) -> Result<&serde_json::Value, Error> {
+        self.content
+            .get_or_init(|| {
+                let codec = self.content_type()?;
+                codec.decode::<serde_json::Value>(&self.payload)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Every check that makes a record malformed, independent of the rules: readable
+    /// CloudEvents attributes and a payload that decodes.
+    pub fn check(&self) -> Result<(), Error> {
+        self.content().map(|_| ())
+    }
+
+    /// `<stream>:<seq>`, for [`h::ORIGINAL_SEQ`] on copies.
+    pub fn origin(&self) -> String {
+        format!("{}:{}", crate::subjects::STREAM_DATA.name, self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(subject: &str, headers: &[(&str, &str)], payload: &[u8]) -> Result<Record, Error> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        Record::new(
+            subject.into(),
+            7,
+            OffsetDateTime::UNIX_EPOCH,
+            1,
+            map,
+            Bytes::copy_from_slice(payload),
+        )
+    }
+
+    #[test]
+    fn reads_source_and_id() {
+        let r = record("data.in.orders.eu", &[("ce-id", "abc")], b"{}").unwrap();
+        assert_eq!((r.source.as_str(), r.id.as_str()), ("orders", "abc"));
+        let r = record("data.in.orders", &[("Nats-Msg-Id", "m1")], b"{}").unwrap();
+        assert_eq!(r.id, "m1");
+        let r = record("data.in.orders", &[], b"{}").unwrap();
+        assert_eq!(r.id, "DATA-7");
+        assert!(record("data.unrouted", &[], b"{}").is_err());
+        assert!(record("data.in.", &[], b"{}").is_err());
+    }
+
+    #[test]
+    fn malformed_payloads_and_types_are_errors() {
+        assert!(record("data.in.a", &[], br#"{"x":1}"#).unwrap().check().is_ok());
+        let bad = record("data.in.a", &[], b"{nope").unwrap();
+        assert_eq!(bad.check().unwrap_err().code(), 400);
+        let text = record("data.in.a", &[("Content-Type", "text/plain")], b"hi").unwrap();
+        assert_eq!(text.check().unwrap_err().code(), 415);
+    }
+}
