@@ -7,6 +7,7 @@ use crate::admin::{self, Readiness};
 use crate::component::Component;
 use crate::component::supervisor::Supervisor;
 use crate::config::{Config, ConfigError};
+use crate::data::cache::CacheComponent;
 use crate::demo::Demo;
 use crate::error::Error;
 use crate::integration::gateway::GatewayComponent;
@@ -24,6 +25,9 @@ pub fn catalog() -> Vec<Box<dyn Component>> {
     vec![
         Box::new(InstanceComponent),
         Box::new(RegistryComponent),
+        Box::new(crate::data::flow::FlowComponent),
+        Box::new(crate::data::sync::SyncComponent::default()),
+        Box::new(CacheComponent::default()),
         Box::new(GatewayComponent::default()),
     ]
 }

@@ -75,6 +75,40 @@ pub enum Command {
     /// The event bus (stream EVENTS).
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Data flow rules in KV bucket `flows` (applied live by every instance).
+    #[command(subcommand)]
+    Flows(FlowsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// List the rules: name, enabled, subject pattern, targets, key, revision, updated.
+    Ls(FlowsLsArgs),
+    /// Print one rule as stored (JSON).
+    Get(FlowNameArgs),
+    /// Check a rule file (.json or .toml) and write it under its name.
+    Put(FlowsPutArgs),
+    /// Remove a rule (its history stays, for records stored while it was in force).
+    Rm(FlowNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsLsArgs {
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowNameArgs {
+    /// The rule's name (its key in bucket `flows`).
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsPutArgs {
+    /// Rule file: JSON or TOML (by extension; otherwise JSON is tried, then TOML).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +171,13 @@ pub enum BenchSuite {
     /// one run, as ratios (uses its own server or --nats: a dedicated one, since the
     /// gateway joins queue group `switchyard` on `api.>`).
     Gateway,
+    /// The data cache in process: the memory hit path (`get_local`, `get`), the
+    /// read-through and the write-through, each call timed.
+    Cache,
+    /// Data flow and sync from publish to the target's answer, against the thinnest
+    /// hand-written pipeline (publish with ack, one pull consumer, one request per
+    /// record) in the same run, plus the cache hit path.
+    Sync,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::{GlobalArgs, LogFormat, UpArgs};
+use crate::data::cache::CacheConfig;
+use crate::data::cache::rules::CacheSection;
 use crate::subjects::STREAMS;
 
 /// Exit code for bad configuration (`EX_USAGE` in sysexits.h).
@@ -30,6 +32,8 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     pub jetstream: JetStreamConfig,
     pub gateway: GatewayConfig,
+    /// The data cache's rules per namespace (`[cache]`).
+    pub cache: CacheConfig,
 }
 
 /// The API gateway: its HTTP ingress and the timeout of services without a policy.
@@ -89,6 +93,8 @@ struct FileConfig {
     http: Option<SocketAddr>,
     #[serde(default)]
     gateway: FileGateway,
+    #[serde(default)]
+    cache: CacheSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +179,7 @@ impl Config {
                     .or(file.gateway.timeout)
                     .unwrap_or(DEFAULT_GATEWAY_TIMEOUT),
             },
+            cache: file.cache.resolve().map_err(ConfigError)?,
         };
         config.validate()?;
         Ok(config)
@@ -302,6 +309,22 @@ mod tests {
     }
 
     #[test]
+    fn cache_rules_come_from_the_file_over_the_defaults() {
+        let config = Config::load(&GlobalArgs::default(), None).unwrap();
+        assert_eq!(config.cache, CacheConfig::default());
+        let config =
+            load_toml("[cache.default]\nmax_bytes = 1024\n[cache.namespaces.demo]\nttl = \"5m\"\n")
+                .unwrap();
+        assert_eq!(config.cache.default.max_bytes, 1024);
+        assert_eq!(
+            config.cache.rule("demo").ttl,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(config.cache.rule("demo").max_bytes, 1024);
+        assert!(config.cache.rule("status").ttl.is_some());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_one_line_errors() {
         for bad in [
             "admn = \"127.0.0.1:1\"",
@@ -313,6 +336,10 @@ mod tests {
             "http = \"localhost\"",
             "[gateway]\ntimeout = \"0s\"",
             "[gateway]\ntimout = \"1s\"",
+            "[cache.default]\nttl = \"soon\"",
+            "[cache.namespaces.demo]\nmax_bytes = 0",
+            "[cache.namespaces.\"a.b\"]\nttl = \"1s\"",
+            "[cache]\ndefualt = {}",
         ] {
             let err = load_toml(bad).unwrap_err();
             assert!(!err.to_string().contains('\n'), "{bad}: {err}");

@@ -10,7 +10,7 @@ use switchyard::{app, bench, observability};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             // --help and --version
@@ -19,6 +19,10 @@ async fn main() -> ExitCode {
         }
         Err(err) => return config_error(&ConfigError(first_line(&err.to_string()))),
     };
+    // `flows` prints one result or one error line; connection logs would bury it.
+    if matches!(cli.command, Command::Flows(_)) && cli.global.log.is_none() {
+        cli.global.log = Some("warn".into());
+    }
     let up_args = match &cli.command {
         Command::Up(args) => Some(args),
         Command::Bench(args) => Some(&args.server),
@@ -43,6 +47,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::run(config, args).await,
         Command::Decode => app::decode_stdio(),
         Command::Events(EventsCommand::Tail(args)) => bus::tail::run(config, args).await,
+        Command::Flows(command) => switchyard::data::flow::cli::run(config, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -72,3 +72,23 @@ fn bench_gateway_reports_three_paths_ratios_and_the_lookup_as_json() {
     assert_eq!(targets.len(), 7, "{report}");
     assert!(targets.iter().all(|t| t["met"].is_boolean()), "{report}");
 }
+
+#[test]
+fn bench_sync_compares_flow_and_sync_with_the_hand_written_pipeline_and_loses_nothing() {
+    let report = bench_json(&["bench", "sync", "--json", "--duration", "300ms"]);
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{report}");
+    for row in rows {
+        assert!(row["records_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        let published = row["published"].as_u64().unwrap();
+        assert!(published > 0, "{row}");
+        // Arrivals at the target, redeliveries included: fewer would mean a loss.
+        assert!(
+            row["delivered"].as_u64().unwrap() >= published,
+            "lost: {row}"
+        );
+        assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    let hit = &report["cache"]["get_local_hit"];
+    assert!(hit["median_ns"].as_u64().unwrap() > 0, "{report}");
+}

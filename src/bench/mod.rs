@@ -8,19 +8,22 @@
 //! - KV get of an existing key.
 //!
 //! `switchyard bench gateway` ([`gateway`]) measures the API gateway against the bare
-//! relay and a direct request to the SDK's echo service, in one run.
+//! relay and a direct request to the SDK's echo service, in one run. `switchyard bench
+//! cache` ([`cache`]) times the data cache's hit path, read-through and write-through.
 //!
 //! Each scenario warms up, then runs for `--duration` with N tasks that each record
 //! per-operation latency in their own histogram (merged at the end). `nats bench` runs
 //! against the same server for reference (`nats_cli`). The server is the one given
 //! with `--nats`, else an embedded one on a free loopback port with a throwaway store.
 
+pub mod cache;
 pub mod gateway;
 mod nats_cli;
 pub mod report;
 mod runner;
 mod scenarios;
 mod server;
+pub mod sync;
 mod table;
 
 use std::io::IsTerminal;
@@ -100,6 +103,8 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
     let total = match args.suite {
         BenchSuite::Baseline => SCENARIOS + if args.no_nats_cli { 0 } else { nats_cli::RUNS },
         BenchSuite::Gateway => gateway::STEPS,
+        BenchSuite::Cache => cache::STEPS,
+        BenchSuite::Sync => sync::STEPS,
     };
     let progress = progress_bar(total, args.json);
     let output = match args.suite {
@@ -109,6 +114,12 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
         BenchSuite::Gateway => gateway::bench(&config, embedded, timing, &url, label, &progress)
             .await
             .and_then(|report| render(&report, args.json, gateway::render_table)),
+        BenchSuite::Cache => cache::bench(&config, embedded, timing, &url, label, &progress)
+            .await
+            .and_then(|report| render(&report, args.json, cache::render_table)),
+        BenchSuite::Sync => sync::bench(&config, timing, &url, label, &progress)
+            .await
+            .and_then(|report| render(&report, args.json, sync::render_table)),
     };
     progress.finish_and_clear();
     if let Some(server) = server.as_mut() {

@@ -56,14 +56,25 @@ impl Request {
 /// What a handler answers: data in the caller's codec.
 #[derive(Debug)]
 pub struct Reply {
-    data: Result<Vec<u8>, Error>,
+    data: Result<Bytes, Error>,
+    /// Sent as given, without `ce-datacontenttype`: no codec applies (a stored value).
+    raw: bool,
 }
 
 impl Reply {
     /// Encodes `data` in the codec of `request` (the caller's).
     pub fn to<T: Serialize>(request: &Request, data: &T) -> Reply {
         Reply {
-            data: request.meta.content_type.encode(data),
+            data: request.meta.content_type.encode(data).map(Bytes::from),
+            raw: false,
+        }
+    }
+
+    /// `payload` exactly as given, whatever the caller's codec (the data cache's values).
+    pub fn raw(payload: Bytes) -> Reply {
+        Reply {
+            data: Ok(payload),
+            raw: true,
         }
     }
 }
@@ -201,8 +212,9 @@ async fn handle<H, Fut>(
                 payload: message.payload.clone(),
             };
             let meta = request.meta.clone();
-            match handler(request).await.and_then(|reply| reply.data) {
-                Ok(payload) => success_reply(ctx, &meta, endpoint, payload),
+            let reply = handler(request).await;
+            match reply.and_then(|reply| reply.data.map(|payload| (payload, reply.raw))) {
+                Ok((payload, raw)) => success_reply(ctx, &meta, endpoint, payload, raw),
                 Err(err) => (error_reply(&meta, endpoint, &err), err.code()),
             }
         }
@@ -221,13 +233,15 @@ fn success_reply(
     ctx: &Context,
     request: &Meta,
     endpoint: &Endpoint,
-    payload: Vec<u8>,
+    payload: Bytes,
+    raw: bool,
 ) -> (Outgoing, u16) {
     let meta = request.follow_up(endpoint.source, reply_type(endpoint));
-    let outgoing = Outgoing {
-        headers: meta.to_headers(),
-        payload: payload.into(),
-    };
+    let mut headers = meta.to_headers();
+    if raw {
+        headers = without(&headers, h::CE_DATACONTENTTYPE);
+    }
+    let outgoing = Outgoing { headers, payload };
     // An oversized answer would make the server close our connection: refuse it.
     match check_size(&ctx.client, &outgoing) {
         Ok(()) => (outgoing, 200),
@@ -250,6 +264,20 @@ pub(crate) fn error_reply(request: &Meta, endpoint: &Endpoint, err: &Error) -> O
         headers,
         payload: payload.into(),
     }
+}
+
+/// `headers` less every value of `name`.
+fn without(headers: &HeaderMap, name: &str) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for (header, values) in headers.iter() {
+        let header_name: &str = header.as_ref();
+        if !header_name.eq_ignore_ascii_case(name) {
+            for value in values {
+                kept.append(header.clone(), value.clone());
+            }
+        }
+    }
+    kept
 }
 
 fn reply_type(endpoint: &Endpoint) -> String {

@@ -160,7 +160,12 @@ mod tests {
 
     #[test]
     fn malformed_payloads_and_types_are_errors() {
-        assert!(record("data.in.a", &[], br#"{"x":1}"#).unwrap().check().is_ok());
+        assert!(
+            record("data.in.a", &[], br#"{"x":1}"#)
+                .unwrap()
+                .check()
+                .is_ok()
+        );
         let bad = record("data.in.a", &[], b"{nope").unwrap();
         assert_eq!(bad.check().unwrap_err().code(), 400);
         let text = record("data.in.a", &[("Content-Type", "text/plain")], b"hi").unwrap();

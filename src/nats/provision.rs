@@ -112,8 +112,11 @@ pub fn bucket_configs(config: &JetStreamConfig) -> Vec<kv::Config> {
                 storage: StorageType::File,
                 num_replicas: config.replicas,
                 // Registry entries carry a per-key TTL (three heartbeats); expiry leaves
-                // a marker that watchers see, which is how expiries are reported.
-                limit_markers: (bucket == subjects::BUCKET_REGISTRY).then_some(LIMIT_MARKER_TTL),
+                // a marker that watchers see, which is how expiries are reported. Cache
+                // entries carry their namespace's TTL, and their expiry markers evict
+                // them from every instance's memory.
+                limit_markers: matches!(bucket, subjects::BUCKET_REGISTRY | subjects::BUCKET_CACHE)
+                    .then_some(LIMIT_MARKER_TTL),
                 ..Default::default()
             }
         })

@@ -33,6 +33,24 @@ pub const SDK_REQUEST_DURATION_SECONDS: &str = "switchyard_sdk_request_duration_
 /// Messages given up on and stored in stream `DLQ`; labels `component`, `kind`.
 pub const DEAD_LETTERS_TOTAL: &str = "switchyard_dead_letters_total";
 
+/// Records the flow component read from stream DATA; label `outcome` (routed,
+/// unrouted, malformed).
+pub const FLOW_RECORDS_TOTAL: &str = "switchyard_flow_records_total";
+/// Flow rules in force (enabled) in the flow component's view.
+pub const FLOW_RULES: &str = "switchyard_flow_rules";
+/// Flow rule values the live view refused (invalid, or a target name conflict).
+pub const FLOW_RULES_REJECTED_TOTAL: &str = "switchyard_flow_rules_rejected_total";
+
+/// Data sync deliveries settled, per target; label `outcome` (delivered, retried,
+/// dead_lettered).
+pub const SYNC_DELIVERIES_TOTAL: &str = "switchyard_sync_deliveries_total";
+/// Time from sending a record to its target to the target's answer; label `target`.
+pub const SYNC_DELIVERY_DURATION_SECONDS: &str = "switchyard_sync_delivery_duration_seconds";
+/// Records a target's worker passed over; label `reason` (not_routed, malformed).
+pub const SYNC_SKIPPED_TOTAL: &str = "switchyard_sync_records_skipped_total";
+/// Targets this instance delivers.
+pub const SYNC_WORKERS: &str = "switchyard_sync_workers";
+
 /// Latency buckets from 100 µs to 30 s: request-reply on loopback is sub-millisecond,
 /// agent steps take seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -159,4 +177,70 @@ pub fn upkeep() {
 pub fn dead_letter(component: &'static str, kind: crate::error::ErrorKind) {
     metrics::counter!(DEAD_LETTERS_TOTAL, "component" => component, "kind" => kind.as_str())
         .increment(1);
+}
+
+pub fn sync_delivery(target: &str, elapsed: Duration) {
+    metrics::histogram!(SYNC_DELIVERY_DURATION_SECONDS, "target" => target.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn sync_outcome(target: &str, outcome: &'static str) {
+    metrics::counter!(SYNC_DELIVERIES_TOTAL, "target" => target.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn sync_skipped(target: &str, reason: &'static str) {
+    metrics::counter!(SYNC_SKIPPED_TOTAL, "target" => target.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+pub fn sync_workers(count: usize) {
+    metrics::gauge!(SYNC_WORKERS).set(count as f64);
+}
+
+/// Data cache reads answered from memory; label `namespace`.
+pub const CACHE_HITS_TOTAL: &str = "switchyard_cache_hits_total";
+/// Data cache reads not in memory (read through to KV `cache`); label `namespace`.
+pub const CACHE_MISSES_TOTAL: &str = "switchyard_cache_misses_total";
+/// Entries leaving a namespace's memory; labels `namespace`, `cause` (size, expired,
+/// explicit: deleted or changed elsewhere, replaced: overwritten here).
+pub const CACHE_EVICTIONS_TOTAL: &str = "switchyard_cache_evictions_total";
+/// Weighted size (key plus value bytes) of a namespace in memory; label `namespace`.
+pub const CACHE_SIZE_BYTES: &str = "switchyard_cache_size_bytes";
+/// Entries of a namespace in memory; label `namespace`.
+pub const CACHE_ENTRIES: &str = "switchyard_cache_entries";
+
+/// The causes `switchyard_cache_evictions_total` counts.
+pub const CACHE_EVICTION_CAUSES: [&str; 4] = ["size", "expired", "explicit", "replaced"];
+
+/// Metric handles of one cache namespace, taken once so the hit path only adds to an
+/// atomic (no label strings, no recorder lookup).
+pub struct CacheMetrics {
+    pub hits: metrics::Counter,
+    pub misses: metrics::Counter,
+    evictions: [metrics::Counter; 4],
+    pub size_bytes: metrics::Gauge,
+    pub entries: metrics::Gauge,
+}
+
+impl CacheMetrics {
+    pub fn new(namespace: &str) -> CacheMetrics {
+        let ns = || namespace.to_string();
+        CacheMetrics {
+            hits: metrics::counter!(CACHE_HITS_TOTAL, "namespace" => ns()),
+            misses: metrics::counter!(CACHE_MISSES_TOTAL, "namespace" => ns()),
+            evictions: CACHE_EVICTION_CAUSES.map(|cause| {
+                metrics::counter!(CACHE_EVICTIONS_TOTAL, "namespace" => ns(), "cause" => cause)
+            }),
+            size_bytes: metrics::gauge!(CACHE_SIZE_BYTES, "namespace" => ns()),
+            entries: metrics::gauge!(CACHE_ENTRIES, "namespace" => ns()),
+        }
+    }
+
+    /// One entry evicted for `cause`, one of [`CACHE_EVICTION_CAUSES`].
+    pub fn evicted(&self, cause: &str) {
+        if let Some(i) = CACHE_EVICTION_CAUSES.iter().position(|c| *c == cause) {
+            self.evictions[i].increment(1);
+        }
+    }
 }

@@ -1,0 +1,368 @@
+//! [`Cache`]: memory (moka, one cache per namespace) in front of KV bucket `cache`.
+//!
+//! - Reads look in memory, else read through to KV (one direct get) and keep the value.
+//! - Writes go to KV first (one publish, awaiting the stream's ack, with the
+//!   namespace's TTL as `Nats-TTL`), then to memory; the KV revision is returned.
+//! - Deletes are a KV purge (its marker expires after 5 minutes, so deleted keys leave
+//!   nothing behind), then an eviction.
+//! - Every instance follows the bucket ([`super::invalidation`]) and the cache rules in
+//!   KV `policies` (`nats::watch`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::Context as JetStream;
+use async_nats::jetstream::kv::{Entry, Operation, Store};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::freshness::Freshness;
+use super::key::{kv_subject, storage_key, validate};
+use super::namespace::{Cached, Namespace};
+use super::rules::{CacheConfig, NamespaceRule, RulePatch};
+use crate::envelope::{Outgoing, check_size};
+use crate::error::Error;
+use crate::nats::watch;
+use crate::observability::metrics::CacheMetrics;
+use crate::subjects::{BUCKET_CACHE, BUCKET_POLICIES, POLICY_CACHE_PREFIX, validate_token};
+
+/// Namespaces one instance keeps in memory at most: each has its own moka cache and its
+/// own metric series, so an unbounded number from callers would be a leak.
+pub const MAX_NAMESPACES: usize = 1024;
+/// How long the marker of a delete stays in the bucket: long enough for every instance
+/// to see it, short enough that deleted keys do not pile up.
+pub const DELETE_MARKER_TTL: &str = "300s";
+/// How often the size gauges are refreshed (and expired entries swept).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The data cache. Cheap to clone; every clone shares the same memory and watches.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    js: JetStream,
+    kv: Store,
+    config: CacheConfig,
+    /// Rules from KV `policies`, by namespace.
+    policies: RwLock<HashMap<String, RulePatch>>,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    freshness: Freshness,
+}
+
+impl Cache {
+    /// Opens bucket `cache`, starts following it (invalidation) and the cache rules in
+    /// KV `policies`; returns once both are live. Both stop with `stop`.
+    pub async fn start(
+        client: &Client,
+        config: CacheConfig,
+        stop: CancellationToken,
+    ) -> Result<Cache, Error> {
+        let js = async_nats::jetstream::new(client.clone());
+        let kv = js
+            .get_key_value(BUCKET_CACHE)
+            .await
+            .map_err(|e| Error::nats("open bucket cache", e))?;
+        let policies_kv = js
+            .get_key_value(BUCKET_POLICIES)
+            .await
+            .map_err(|e| Error::nats("open bucket policies", e))?;
+        let cache = Cache {
+            inner: Arc::new(Inner {
+                client: client.clone(),
+                js,
+                kv,
+                config,
+                policies: RwLock::default(),
+                namespaces: RwLock::default(),
+                freshness: Freshness::new(),
+            }),
+        };
+        super::invalidation::start(cache.clone(), client.clone(), stop.clone()).await?;
+        let last_revision = watch::load(&policies_kv, |entry| cache.apply_policy(&entry)).await?;
+        let follower = cache.clone();
+        tokio::spawn(watch::follow(
+            policies_kv,
+            client.clone(),
+            last_revision,
+            stop.clone(),
+            move |entry| follower.apply_policy(&entry),
+        ));
+        tokio::spawn(cache.clone().report_sizes(stop));
+        Ok(cache)
+    }
+
+    /// The value of `<namespace>.<key>`: from memory, else read through from KV (and
+    /// kept in memory). `None` when the key does not exist.
+    pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Bytes>, Error> {
+        validate(namespace, key)?;
+        let ns = self.namespace(namespace)?;
+        if let Some(cached) = ns.entries.get(key).await {
+            ns.metrics.hits.increment(1);
+            return Ok(Some(cached.value));
+        }
+        ns.metrics.misses.increment(1);
+        let since = self.inner.freshness.watermark();
+        let entry = self
+            .inner
+            .kv
+            .entry(storage_key(namespace, key))
+            .await
+            .map_err(|e| Error::nats("read bucket cache", e))?;
+        match entry {
+            Some(Entry {
+                value,
+                revision,
+                operation: Operation::Put,
+                ..
+            }) => {
+                self.fill(&ns, namespace, key, value.clone(), revision, since)
+                    .await;
+                Ok(Some(value))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The value of `<namespace>.<key>` if it is in this instance's memory; no I/O.
+    /// A rare false miss is possible while moka finishes pending maintenance.
+    pub fn get_local(&self, namespace: &str, key: &str) -> Option<Bytes> {
+        let namespaces = self
+            .inner
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ns = namespaces.get(namespace)?;
+        // moka's future cache reads without waiting on anything unless maintenance is
+        // interrupted; if it would wait, this is a miss rather than a block.
+        match ns.entries.get(key).now_or_never().flatten() {
+            Some(cached) => {
+                ns.metrics.hits.increment(1);
+                Some(cached.value)
+            }
+            None => {
+                ns.metrics.misses.increment(1);
+                None
+            }
+        }
+    }
+
+    /// Writes `value` to KV (awaiting the stream's ack), then to memory. Returns the KV
+    /// revision. The namespace's TTL, if any, becomes the entry's TTL in KV too.
+    pub async fn put(&self, namespace: &str, key: &str, value: Bytes) -> Result<u64, Error> {
+        validate(namespace, key)?;
+        let ns = self.namespace(namespace)?;
+        let mut headers = HeaderMap::new();
+        if let Some(ttl) = &ns.kv_ttl {
+            headers.insert("Nats-TTL", ttl.as_str());
+        }
+        let message = Outgoing {
+            headers,
+            payload: value,
+        };
+        check_size(&self.inner.client, &message)?;
+        let since = self.inner.freshness.watermark();
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(
+                kv_subject(namespace, key),
+                message.headers,
+                message.payload.clone(),
+            )
+            .await?
+            .await?;
+        self.fill(&ns, namespace, key, message.payload, ack.sequence, since)
+            .await;
+        Ok(ack.sequence)
+    }
+
+    /// Deletes `<namespace>.<key>` from KV and memory; deleting a missing key is fine.
+    pub async fn delete(&self, namespace: &str, key: &str) -> Result<(), Error> {
+        validate(namespace, key)?;
+        let mut headers = HeaderMap::new();
+        headers.insert("KV-Operation", "PURGE");
+        headers.insert("Nats-Rollup", "sub");
+        headers.insert("Nats-TTL", DELETE_MARKER_TTL);
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(kv_subject(namespace, key), headers, Bytes::new())
+            .await?
+            .await?;
+        self.changed(namespace, key, ack.sequence).await;
+        Ok(())
+    }
+
+    /// The rule in force for `namespace`: its policy over its configuration.
+    pub fn rule(&self, namespace: &str) -> NamespaceRule {
+        let configured = self.inner.config.rule(namespace);
+        let policies = self
+            .inner
+            .policies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match policies.get(namespace) {
+            Some(patch) => configured.with(patch),
+            None => configured,
+        }
+    }
+
+    /// The namespace's memory, made on first use.
+    fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Error> {
+        if let Some(ns) = self.existing(name) {
+            return Ok(ns);
+        }
+        let mut namespaces = self
+            .inner
+            .namespaces
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(ns) = namespaces.get(name) {
+            return Ok(ns.clone());
+        }
+        // Read under the lock: a policy applied meanwhile either is in this rule, or
+        // finds the namespace and rebuilds it.
+        let rule = self.rule(name);
+        if namespaces.len() >= MAX_NAMESPACES {
+            return Err(Error::invalid_input(format!(
+                "namespace {name:?} would be one too many: at most {MAX_NAMESPACES} namespaces"
+            )));
+        }
+        let metrics = Arc::new(CacheMetrics::new(name));
+        let ns = Arc::new(Namespace::new(rule, metrics));
+        namespaces.insert(name.to_string(), ns.clone());
+        Ok(ns)
+    }
+
+    fn existing(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.inner
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Keeps a value that came back from a round trip, unless a newer change of the key
+    /// was seen meanwhile (see [`super::freshness`]).
+    async fn fill(
+        &self,
+        ns: &Namespace,
+        namespace: &str,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+        since: u64,
+    ) {
+        ns.entries
+            .insert(key.to_string(), Cached { value, revision })
+            .await;
+        if self
+            .inner
+            .freshness
+            .superseded(namespace, key, revision.max(since))
+        {
+            ns.evict_older_than(key, revision + 1).await;
+        }
+    }
+
+    /// `<namespace>.<key>` changed at `revision` (seen by the watch, or deleted here).
+    pub(super) async fn changed(&self, namespace: &str, key: &str, revision: u64) {
+        self.inner.freshness.changed(namespace, key, revision);
+        if let Some(ns) = self.existing(namespace) {
+            ns.evict_older_than(key, revision).await;
+        }
+    }
+
+    /// The watch applied every change up to `revision`.
+    pub(super) fn applied(&self, revision: u64) {
+        self.inner.freshness.applied(revision);
+    }
+
+    /// Empties memory (every namespace); the next reads go to KV.
+    pub(super) fn forget_local(&self) {
+        let namespaces = self
+            .inner
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ns in namespaces.values() {
+            ns.entries.invalidate_all();
+        }
+    }
+
+    /// A change in KV `policies`: keys `cache.<namespace>` are cache rules; a changed
+    /// rule rebuilds that namespace's memory. A malformed value is logged and the rule
+    /// in force stays.
+    fn apply_policy(&self, entry: &Entry) {
+        let Some(namespace) = entry.key.strip_prefix(POLICY_CACHE_PREFIX) else {
+            return;
+        };
+        if validate_token("namespace", namespace).is_err() {
+            tracing::warn!(key = %entry.key, "ignoring cache policy: not cache.<namespace>");
+            return;
+        }
+        let patch = match entry.operation {
+            Operation::Put => match RulePatch::parse_policy(&entry.value) {
+                Ok(patch) => Some(patch),
+                Err(err) => {
+                    tracing::warn!(%err, %namespace, "ignoring cache policy; the rule in force stays");
+                    return;
+                }
+            },
+            Operation::Delete | Operation::Purge => None,
+        };
+        {
+            let mut policies = self
+                .inner
+                .policies
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            match patch {
+                Some(patch) => policies.insert(namespace.to_string(), patch),
+                None => policies.remove(namespace),
+            };
+        }
+        let rule = self.rule(namespace);
+        let mut namespaces = self
+            .inner
+            .namespaces
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(current) = namespaces.get(namespace)
+            && current.rule != rule
+        {
+            tracing::info!(%namespace, ?rule, "cache rule changed; namespace memory rebuilt");
+            let rebuilt = Namespace::new(rule, current.metrics.clone());
+            namespaces.insert(namespace.to_string(), Arc::new(rebuilt));
+        }
+    }
+
+    /// Refreshes the size gauges of every namespace until `stop`.
+    async fn report_sizes(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let namespaces: Vec<Arc<Namespace>> = self
+                .inner
+                .namespaces
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            for ns in namespaces {
+                ns.report().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The flow component's work: read every record of `data.in.>` once (durable consumer
+//! `flow`, shared by every instance), and settle it by its route:
+//!
+//! - routed: ack; data sync delivers it from its own consumers.
+//! - unrouted: a copy on `data.unrouted` (stream DATA), stored once however often the
+//!   record is delivered (`Nats-Msg-Id: unrouted:DATA:<seq>`), then ack.
+//! - malformed: a dead letter in stream DLQ, then ack.
+//!
+//! The ack is a plain publish (`+ACK`), not a request: no round trip per record. An ack
+//! lost on the way only means the record comes back after the ack wait, and both copies
+//! are de-duplicated by their message ids. When a copy cannot be stored for now (stream
+//! unavailable, rules view behind), the record is nak'ed with a delay and comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::pull::{self, Stream as Messages};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{AckKind, Context as JetStream, Message};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use super::view::Rules;
+use crate::component::Context;
+use crate::data::record::Record;
+use crate::error::Error;
+use crate::observability::metrics as m;
+use crate::resilience::deadletter::{self, DeadLetter};
+use crate::subjects::{DATA_UNROUTED, FLOW_CONSUMER, STREAM_DATA, headers as h};
+
+/// Filter of consumer `flow`: every record.
+pub const FILTER: &str = "data.in.>";
+/// Records handled at once per instance.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Delivered but unacked records of the consumer, all instances together.
+pub const MAX_ACK_PENDING: i64 = 4096;
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// When a record comes back after its copy could not be stored.
+pub const RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Missed heartbeats in a row after which the consumer is looked up again (it may
+/// have vanished with a server restart while the stream of messages never ends).
+const MISSED_HEARTBEATS: u32 = 3;
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The component name, a metric and dead-letter label.
+pub const COMPONENT: &str = "flow";
+
+/// Creates (or updates in place) consumer `flow` and starts reading it.
+pub async fn consume(js: &JetStream) -> Result<Messages, Error> {
+    let config = pull::Config {
+        durable_name: Some(FLOW_CONSUMER.to_string()),
+        description: Some("Switchyard data flow: unrouted and malformed records".into()),
+        filter_subject: FILTER.to_string(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        // Never give up on a record: one that cannot be settled keeps coming back,
+        // rather than being dropped once the deliveries run out.
+        max_deliver: -1,
+        max_ack_pending: MAX_ACK_PENDING,
+        deliver_policy: DeliverPolicy::All,
+        ..Default::default()
+    };
+    let consumer: PullConsumer = js
+        .create_consumer_on_stream(config, STREAM_DATA.name)
+        .await
+        .map_err(|e| Error::nats("create consumer flow on DATA", e))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| Error::nats("consume flow", e))
+}
+
+/// Settles records one by one, [`MAX_IN_FLIGHT`] at a time.
+pub struct Worker {
+    js: JetStream,
+    rules: Rules,
+    routed: metrics::Counter,
+    unrouted: metrics::Counter,
+    malformed: metrics::Counter,
+}
+
+impl Worker {
+    pub fn new(js: JetStream, rules: Rules) -> Worker {
+        let outcome = |o: &'static str| metrics::counter!(m::FLOW_RECORDS_TOTAL, "outcome" => o);
+        Worker {
+            js,
+            rules,
+            routed: outcome("routed"),
+            unrouted: outcome("unrouted"),
+            malformed: outcome("malformed"),
+        }
+    }
+
+    /// Reads `messages` until shutdown, recreating the consumer when it is lost. Each
+    /// record runs in [`Context::spawn`], so the graceful stop waits for those taken.
+    pub async fn run(self: Arc<Self>, ctx: Context, mut messages: Messages) {
+        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let stop = ctx.shutdown().clone();
+        let mut missed = 0;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                next = messages.next() => next,
+            };
+            let lost = match next {
+                Some(Ok(message)) => {
+                    missed = 0;
+                    backoff = Duration::from_millis(100);
+                    let permit = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => {
+                            // Taken but not started: let another instance have it now.
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                            break;
+                        }
+                        permit = permits.clone().acquire_owned() => permit,
+                    };
+                    let Ok(permit) = permit else { break };
+                    let worker = self.clone();
+                    ctx.spawn(async move {
+                        worker.handle(message).await;
+                        drop(permit);
+                    });
+                    false
+                }
+                Some(Err(err)) => {
+                    use pull::MessagesErrorKind as K;
+                    match err.kind() {
+                        K::MissingHeartbeat => {
+                            missed += 1;
+                            missed >= MISSED_HEARTBEATS
+                        }
+                        K::ConsumerDeleted | K::NoResponders => true,
+                        _ => {
+                            // Not in a tight loop while the connection is down.
+                            tracing::debug!(%err, "consumer flow: transient error");
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            }
+                            false
+                        }
+                    }
+                }
+                None => true,
+            };
+            if !lost {
+                continue;
+            }
+            tracing::warn!("consumer flow lost; creating it again");
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                match consume(&self.js).await {
+                    Ok(fresh) => {
+                        messages = fresh;
+                        missed = 0;
+                        break;
+                    }
+                    Err(err) => tracing::warn!(%err, "cannot create consumer flow; retrying"),
+                }
+            }
+        }
+        tracing::debug!("consumer flow stopped");
+    }
+
+    async fn handle(&self, message: Message) {
+        let record = match Record::from_message(&message) {
+            Ok(record) => record,
+            Err(err) => {
+                // Only a misconfigured consumer delivers this; it stays in its stream.
+                tracing::error!(%err, subject = %message.subject, "consumer flow got a message that is not a record; terminating it");
+                settle(&message, AckKind::Term).await;
+                return;
+            }
+        };
+        let outcome = match self.rules.current_through(record.stored).await {
+            Err(err) => Err(err),
+            Ok(()) => match self.rules.route(&record) {
+                Ok(route) if !route.is_unrouted() => Ok(&self.routed),
+                Ok(_) => self.copy_unrouted(&record).await.map(|()| &self.unrouted),
+                Err(err) => self
+                    .dead_letter(&record, &err)
+                    .await
+                    .map(|()| &self.malformed),
+            },
+        };
+        match outcome {
+            Ok(counter) => {
+                counter.increment(1);
+                settle(&message, AckKind::Ack).await;
+            }
+            Err(err) if err.kind().is_retryable() => {
+                tracing::warn!(%err, origin = %record.origin(), "record not settled; it comes back in {RETRY_DELAY:?}");
+                settle(&message, AckKind::Nak(Some(RETRY_DELAY))).await;
+            }
+            Err(err) => {
+                // A copy that can never be stored (too large once the headers are added,
+                // a subject no dead-letter subject can name): the record stays in stream
+                // DATA, the server publishes a MSG_TERMINATED advisory, and this is logged.
+                tracing::error!(%err, origin = %record.origin(), subject = %record.subject, "cannot store a copy of this record; terminating it (it stays in stream DATA)");
+                settle(&message, AckKind::Term).await;
+            }
+        }
+    }
+
+    async fn copy_unrouted(&self, record: &Record) -> Result<(), Error> {
+        let mut headers = copied_headers(&record.headers);
+        headers.insert(h::ORIGINAL_SUBJECT, record.subject.as_str());
+        headers.insert(h::ORIGINAL_SEQ, record.origin());
+        headers.insert(h::NATS_MSG_ID, format!("unrouted:{}", record.origin()));
+        self.js
+            .publish_with_headers(DATA_UNROUTED, headers, record.payload.clone())
+            .await?
+            .await?;
+        tracing::debug!(origin = %record.origin(), subject = %record.subject, "unrouted record");
+        Ok(())
+    }
+
+    async fn dead_letter(&self, record: &Record, err: &Error) -> Result<(), Error> {
+        let headers = copied_headers(&record.headers);
+        deadletter::publish(
+            &self.js,
+            &DeadLetter {
+                component: COMPONENT,
+                subject: &record.subject,
+                headers: &headers,
+                payload: record.payload.clone(),
+                error: err,
+                deliveries: record.delivered,
+                origin: record.origin(),
+                target: None,
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The record's headers without JetStream's publish controls (`Nats-*`: expected last
+/// sequence, TTL, rollup, message id): on the copy they would act on the copy's own
+/// publish, and could refuse it.
+pub fn copied_headers(original: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::new();
+    for (name, values) in original.iter() {
+        let text: &str = name.as_ref();
+        if text.len() >= 5 && text[..5].eq_ignore_ascii_case("nats-") {
+            continue;
+        }
+        for value in values {
+            copy.append(name.clone(), value.clone());
+        }
+    }
+    copy
+}
+
+/// Acks, naks or terminates: a plain publish, no reply awaited. If it is lost, the
+/// record is delivered again after the ack wait and settled the same way.
+async fn settle(message: &Message, kind: AckKind) {
+    if let Err(err) = message.ack_with(kind).await {
+        tracing::debug!(%err, "cannot settle a record of consumer flow");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_drop_jetstream_publish_controls() {
+        let mut original = HeaderMap::new();
+        original.insert("ce-id", "abc");
+        original.insert("Nats-Msg-Id", "abc");
+        original.insert("Nats-Expected-Last-Subject-Sequence", "7");
+        original.insert("nats-ttl", "5s");
+        original.append("x-many", "1");
+        original.append("x-many", "2");
+        let copy = copied_headers(&original);
+        assert_eq!(copy.get("ce-id").map(|v| v.as_str()), Some("abc"));
+        assert!(copy.get("Nats-Msg-Id").is_none());
+        assert!(copy.get("Nats-Expected-Last-Subject-Sequence").is_none());
+        assert!(copy.get("nats-ttl").is_none());
+        assert_eq!(copy.get_all("x-many").count(), 2);
+    }
+}
