@@ -40,6 +40,18 @@ impl Record {
     /// Reads a JetStream message of stream `DATA`. Fails only for a message that is not
     /// a JetStream delivery or not on `data.in.<source>…` (a consumer misconfigured).
     pub fn from_message(message: &async_nats::jetstream::Message) -> Result<Record, Error> {
+        let headers = message.headers.clone().unwrap_or_default();
+        Record::read(message, headers)
+    }
+
+    /// [`Record::from_message`] without copying the headers: they move into the record,
+    /// and the message keeps what settling it needs (its reply subject).
+    pub fn take_from(message: &mut async_nats::jetstream::Message) -> Result<Record, Error> {
+        let headers = message.message.headers.take().unwrap_or_default();
+        Record::read(message, headers)
+    }
+
+    fn read(message: &async_nats::jetstream::Message, headers: HeaderMap) -> Result<Record, Error> {
         let info = message
             .info()
             .map_err(|e| Error::internal(format!("not a JetStream delivery: {e}")))?;
@@ -49,7 +61,7 @@ impl Record {
             seq,
             stored,
             delivered,
-            message.headers.clone().unwrap_or_default(),
+            headers,
             message.payload.clone(),
         )
     }

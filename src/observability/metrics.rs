@@ -179,19 +179,32 @@ pub fn dead_letter(component: &'static str, kind: crate::error::ErrorKind) {
         .increment(1);
 }
 
-pub fn sync_delivery(target: &str, elapsed: Duration) {
-    metrics::histogram!(SYNC_DELIVERY_DURATION_SECONDS, "target" => target.to_string())
-        .record(elapsed.as_secs_f64());
+/// Metric handles of one sync target, taken once per worker so the per-record path
+/// only adds to atomics (no label strings, no recorder lookup).
+pub struct SyncMetrics {
+    pub delivery: metrics::Histogram,
+    pub delivered: metrics::Counter,
+    pub retried: metrics::Counter,
+    pub dead_lettered: metrics::Counter,
+    pub not_routed: metrics::Counter,
+    pub malformed: metrics::Counter,
 }
 
-pub fn sync_outcome(target: &str, outcome: &'static str) {
-    metrics::counter!(SYNC_DELIVERIES_TOTAL, "target" => target.to_string(), "outcome" => outcome)
-        .increment(1);
-}
-
-pub fn sync_skipped(target: &str, reason: &'static str) {
-    metrics::counter!(SYNC_SKIPPED_TOTAL, "target" => target.to_string(), "reason" => reason)
-        .increment(1);
+impl SyncMetrics {
+    pub fn new(target: &str) -> SyncMetrics {
+        let t = || target.to_string();
+        let outcome = |o: &'static str| metrics::counter!(SYNC_DELIVERIES_TOTAL, "target" => t(), "outcome" => o);
+        let skipped =
+            |r: &'static str| metrics::counter!(SYNC_SKIPPED_TOTAL, "target" => t(), "reason" => r);
+        SyncMetrics {
+            delivery: metrics::histogram!(SYNC_DELIVERY_DURATION_SECONDS, "target" => t()),
+            delivered: outcome("delivered"),
+            retried: outcome("retried"),
+            dead_lettered: outcome("dead_lettered"),
+            not_routed: skipped("not_routed"),
+            malformed: skipped("malformed"),
+        }
+    }
 }
 
 pub fn sync_workers(count: usize) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::Context as JetStream;
 use async_nats::jetstream::kv::{Entry, Operation, Store};
-use async_nats::{Client, HeaderMap};
+use async_nats::{Client, HeaderMap, HeaderName};
 use bytes::Bytes;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,8 @@ pub const MAX_NAMESPACES: usize = 1024;
 /// How long the marker of a delete stays in the bucket: long enough for every instance
 /// to see it, short enough that deleted keys do not pile up.
 pub const DELETE_MARKER_TTL: &str = "300s";
+/// Built once: inserting a header by `&str` parses and allocates its name every time.
+const NATS_TTL: HeaderName = HeaderName::from_static("Nats-TTL");
 /// How often the size gauges are refreshed (and expired entries swept).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -157,28 +159,54 @@ impl Cache {
     pub async fn put(&self, namespace: &str, key: &str, value: Bytes) -> Result<u64, Error> {
         validate(namespace, key)?;
         let ns = self.namespace(namespace)?;
+        let since = self.inner.freshness.watermark();
+        let revision = self
+            .publish(namespace, key, ns.kv_ttl.as_deref(), value.clone())
+            .await?;
+        self.fill(&ns, namespace, key, value, revision, since).await;
+        Ok(revision)
+    }
+
+    /// Writes `value` to KV like [`Cache::put`], without keeping it in this instance's
+    /// memory: for writers that never read their values back (data sync's statuses), to
+    /// whom filling memory is a cache insert per write for nothing, pushing out entries
+    /// someone reads. An older copy of the key in this instance's memory is evicted, as
+    /// the invalidation would do for a write by another instance.
+    pub async fn write(&self, namespace: &str, key: &str, value: Bytes) -> Result<u64, Error> {
+        validate(namespace, key)?;
+        let ttl = match self.existing(namespace) {
+            Some(ns) => ns.kv_ttl.clone(),
+            None => self.rule(namespace).kv_ttl(),
+        };
+        let revision = self.publish(namespace, key, ttl.as_deref(), value).await?;
+        self.changed(namespace, key, revision).await;
+        Ok(revision)
+    }
+
+    /// One KV write with the entry's TTL (`Nats-TTL`), awaiting the stream's ack;
+    /// returns the revision.
+    async fn publish(
+        &self,
+        namespace: &str,
+        key: &str,
+        ttl: Option<&str>,
+        value: Bytes,
+    ) -> Result<u64, Error> {
         let mut headers = HeaderMap::new();
-        if let Some(ttl) = &ns.kv_ttl {
-            headers.insert("Nats-TTL", ttl.as_str());
+        if let Some(ttl) = ttl {
+            headers.insert(NATS_TTL, ttl);
         }
         let message = Outgoing {
             headers,
             payload: value,
         };
         check_size(&self.inner.client, &message)?;
-        let since = self.inner.freshness.watermark();
         let ack = self
             .inner
             .js
-            .publish_with_headers(
-                kv_subject(namespace, key),
-                message.headers,
-                message.payload.clone(),
-            )
+            .publish_with_headers(kv_subject(namespace, key), message.headers, message.payload)
             .await?
             .await?;
-        self.fill(&ns, namespace, key, message.payload, ack.sequence, since)
-            .await;
         Ok(ack.sequence)
     }
 

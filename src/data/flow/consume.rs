@@ -11,6 +11,7 @@
 //! are de-duplicated by their message ids. When a copy cannot be stored for now (stream
 //! unavailable, rules view behind), the record is nak'ed with a delay and comes back.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use async_nats::jetstream::consumer::pull::{self, Stream as Messages};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{AckKind, Context as JetStream, Message};
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use super::view::Rules;
@@ -31,7 +34,8 @@ use crate::subjects::{DATA_UNROUTED, FLOW_CONSUMER, STREAM_DATA, headers as h};
 
 /// Filter of consumer `flow`: every record.
 pub const FILTER: &str = "data.in.>";
-/// Records handled at once per instance.
+/// Copies (unrouted records, dead letters) being stored at once per instance. Records
+/// waiting for their route are bounded by the consumer's [`MAX_ACK_PENDING`].
 pub const MAX_IN_FLIGHT: usize = 256;
 /// Delivered but unacked records of the consumer, all instances together.
 pub const MAX_ACK_PENDING: i64 = 4096;
@@ -71,13 +75,21 @@ pub async fn consume(js: &JetStream) -> Result<Messages, Error> {
         .map_err(|e| Error::nats("consume flow", e))
 }
 
-/// Settles records one by one, [`MAX_IN_FLIGHT`] at a time.
+/// Settles records: routed ones (nearly all) in the reading task, the others (a copy
+/// to store) in tasks of their own, [`MAX_IN_FLIGHT`] at a time.
 pub struct Worker {
     js: JetStream,
     rules: Rules,
     routed: metrics::Counter,
     unrouted: metrics::Counter,
     malformed: metrics::Counter,
+}
+
+/// A proof in flight that the rules are current, for the first `covers` records
+/// waiting.
+struct Proof {
+    covers: usize,
+    done: BoxFuture<'static, Result<(), Error>>,
 }
 
 impl Worker {
@@ -92,38 +104,68 @@ impl Worker {
         }
     }
 
-    /// Reads `messages` until shutdown, recreating the consumer when it is lost. Each
-    /// record runs in [`Context::spawn`], so the graceful stop waits for those taken.
+    /// Reads `messages` until shutdown, recreating the consumer when it is lost.
+    ///
+    /// A record can only be routed once the rules are known up to its stored time
+    /// ([`Rules::current_through`]). Records wait for that proof together: while one is
+    /// in flight, records keep arriving; when it returns, everything it covers is
+    /// settled and the next proof covers what came meanwhile. A routed record only needs
+    /// its ack, sent from here; a copy to store runs in [`Context::spawn`], so the
+    /// graceful stop waits for those taken.
     pub async fn run(self: Arc<Self>, ctx: Context, mut messages: Messages) {
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let stop = ctx.shutdown().clone();
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
+        let mut waiting: VecDeque<(Message, Record)> = VecDeque::new();
+        let mut newest: Option<OffsetDateTime> = None;
+        let mut proof: Option<Proof> = None;
         let mut missed = 0;
         let mut backoff = Duration::from_millis(100);
         loop {
+            if proof.is_none()
+                && let Some(newest) = newest.take()
+            {
+                let rules = self.rules.clone();
+                proof = Some(Proof {
+                    covers: waiting.len(),
+                    done: Box::pin(async move { rules.current_through(newest).await }),
+                });
+            }
+            let proving = async {
+                match proof.as_mut() {
+                    Some(p) => (&mut p.done).await,
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = &mut stopped => break,
+                proven = proving => {
+                    if let Some(p) = proof.take() {
+                        let covered: Vec<_> = waiting.drain(..p.covers.min(waiting.len())).collect();
+                        self.settle_proven(&ctx, &permits, covered, proven).await;
+                    }
+                    continue;
+                }
                 next = messages.next() => next,
             };
             let lost = match next {
-                Some(Ok(message)) => {
+                Some(Ok(mut message)) => {
                     missed = 0;
                     backoff = Duration::from_millis(100);
-                    let permit = tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => {
-                            // Taken but not started: let another instance have it now.
-                            let _ = message.ack_with(AckKind::Nak(None)).await;
-                            break;
+                    match Record::take_from(&mut message) {
+                        Ok(record) => {
+                            newest = newest.max(Some(record.stored));
+                            waiting.push_back((message, record));
                         }
-                        permit = permits.clone().acquire_owned() => permit,
-                    };
-                    let Ok(permit) = permit else { break };
-                    let worker = self.clone();
-                    ctx.spawn(async move {
-                        worker.handle(message).await;
-                        drop(permit);
-                    });
+                        Err(err) => {
+                            // Only a misconfigured consumer delivers this; it stays in
+                            // its stream.
+                            tracing::error!(%err, subject = %message.subject, "consumer flow got a message that is not a record; terminating it");
+                            settle(&message, AckKind::Term).await;
+                        }
+                    }
                     false
                 }
                 Some(Err(err)) => {
@@ -138,7 +180,7 @@ impl Worker {
                             // Not in a tight loop while the connection is down.
                             tracing::debug!(%err, "consumer flow: transient error");
                             tokio::select! {
-                                _ = stop.cancelled() => break,
+                                _ = &mut stopped => break,
                                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                             }
                             false
@@ -153,7 +195,7 @@ impl Worker {
             tracing::warn!("consumer flow lost; creating it again");
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = &mut stopped => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -167,45 +209,79 @@ impl Worker {
                 }
             }
         }
+        // Taken but not settled: let another instance have them now.
+        for (message, _) in waiting {
+            settle(&message, AckKind::Nak(None)).await;
+        }
         tracing::debug!("consumer flow stopped");
     }
 
-    async fn handle(&self, message: Message) {
-        let record = match Record::from_message(&message) {
-            Ok(record) => record,
-            Err(err) => {
-                // Only a misconfigured consumer delivers this; it stays in its stream.
-                tracing::error!(%err, subject = %message.subject, "consumer flow got a message that is not a record; terminating it");
-                settle(&message, AckKind::Term).await;
-                return;
+    /// Settles the records a proof covered: routed ones here, the others in a task.
+    async fn settle_proven(
+        self: &Arc<Self>,
+        ctx: &Context,
+        permits: &Arc<Semaphore>,
+        covered: Vec<(Message, Record)>,
+        proven: Result<(), Error>,
+    ) {
+        if let Err(err) = proven {
+            tracing::warn!(%err, records = covered.len(), "flow rules not current; records come back in {RETRY_DELAY:?}");
+            for (message, _) in covered {
+                settle(&message, AckKind::Nak(Some(RETRY_DELAY))).await;
             }
-        };
-        let outcome = match self.rules.current_through(record.stored).await {
-            Err(err) => Err(err),
-            Ok(()) => match self.rules.route(&record) {
-                Ok(route) if !route.is_unrouted() => Ok(&self.routed),
-                Ok(_) => self.copy_unrouted(&record).await.map(|()| &self.unrouted),
-                Err(err) => self
-                    .dead_letter(&record, &err)
-                    .await
-                    .map(|()| &self.malformed),
-            },
-        };
+            return;
+        }
+        for (message, record) in covered {
+            let route = self.rules.route(&record);
+            if matches!(&route, Ok(route) if !route.is_unrouted()) {
+                self.routed.increment(1);
+                settle(&message, AckKind::Ack).await;
+                continue;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let worker = self.clone();
+            ctx.spawn(async move {
+                let outcome = match route {
+                    Ok(_) => worker
+                        .copy_unrouted(&record)
+                        .await
+                        .map(|()| &worker.unrouted),
+                    Err(err) => worker
+                        .dead_letter(&record, &err)
+                        .await
+                        .map(|()| &worker.malformed),
+                };
+                worker.finish(&message, &record, outcome).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Acks a record whose copy is stored; otherwise naks it (it comes back) or, when
+    /// the copy can never be stored, terminates it.
+    async fn finish(
+        &self,
+        message: &Message,
+        record: &Record,
+        outcome: Result<&metrics::Counter, Error>,
+    ) {
         match outcome {
             Ok(counter) => {
                 counter.increment(1);
-                settle(&message, AckKind::Ack).await;
+                settle(message, AckKind::Ack).await;
             }
             Err(err) if err.kind().is_retryable() => {
                 tracing::warn!(%err, origin = %record.origin(), "record not settled; it comes back in {RETRY_DELAY:?}");
-                settle(&message, AckKind::Nak(Some(RETRY_DELAY))).await;
+                settle(message, AckKind::Nak(Some(RETRY_DELAY))).await;
             }
             Err(err) => {
                 // A copy that can never be stored (too large once the headers are added,
                 // a subject no dead-letter subject can name): the record stays in stream
                 // DATA, the server publishes a MSG_TERMINATED advisory, and this is logged.
                 tracing::error!(%err, origin = %record.origin(), subject = %record.subject, "cannot store a copy of this record; terminating it (it stays in stream DATA)");
-                settle(&message, AckKind::Term).await;
+                settle(message, AckKind::Term).await;
             }
         }
     }

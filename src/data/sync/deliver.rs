@@ -15,17 +15,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::HeaderName;
 use async_nats::jetstream::{AckKind, Context as JetStream, Message};
 use bytes::Bytes;
-use serde::Serialize;
 
 use super::policy::SyncPolicy;
+use super::status::{self, StatusView};
+pub use super::status::{Status, status_key, write_status};
 use crate::data::cache::Cache;
 use crate::data::flow::Delivery;
 use crate::data::record::Record;
-use crate::envelope::{Envelope, Meta, error_from_reply};
+use crate::envelope::{ContentType, Meta, error_from_reply};
 use crate::error::Error;
-use crate::observability::metrics as m;
+use crate::observability::metrics::SyncMetrics;
 use crate::resilience::deadletter::{self, DeadLetter};
 use crate::subjects::{self, headers as h};
 
@@ -34,8 +36,14 @@ pub use crate::data::cache::STATUS_NAMESPACE;
 const SOURCE: &str = "urn:switchyard:sync";
 const RECORD_TYPE: &str = "io.switchyard.data.record";
 const CONFIRMED_TYPE: &str = "io.switchyard.data.confirmed";
+// Header names built once: inserting by `&str` parses and allocates the name each time.
+const DELIVERY_ID: HeaderName = HeaderName::from_static(h::DELIVERY_ID);
+const RECORD_KEY: HeaderName = HeaderName::from_static(h::RECORD_KEY);
+const TARGET: HeaderName = HeaderName::from_static(h::TARGET);
+const TIMEOUT_MS: HeaderName = HeaderName::from_static(h::TIMEOUT_MS);
+const NATS_MSG_ID: HeaderName = HeaderName::from_static(h::NATS_MSG_ID);
 
-/// What sync needs to deliver and settle; shared by the lanes of every worker.
+/// What sync needs to deliver and settle; shared by the deliveries of every worker.
 pub struct Deps {
     pub client: async_nats::Client,
     pub js: JetStream,
@@ -59,13 +67,14 @@ pub async fn deliver(
     record: &Record,
     delivery: &Delivery,
     policy: &SyncPolicy,
+    metrics: &SyncMetrics,
 ) -> Outcome {
     let started = Instant::now();
     let mut headers = record.headers.clone();
-    headers.insert(h::DELIVERY_ID, record.id.as_str());
-    headers.insert(h::RECORD_KEY, delivery.key.as_str());
-    headers.insert(h::TARGET, delivery.target.name.as_str());
-    headers.insert(h::TIMEOUT_MS, policy.timeout.as_millis().to_string());
+    headers.insert(DELIVERY_ID, record.id.as_str());
+    headers.insert(RECORD_KEY, delivery.key.as_str());
+    headers.insert(TARGET, delivery.target.name.as_str());
+    headers.insert(TIMEOUT_MS, policy.timeout.as_millis().to_string());
     let request = async_nats::Request::new()
         .headers(headers)
         .payload(record.payload.clone())
@@ -81,7 +90,7 @@ pub async fn deliver(
         },
         Err(err) => Err(Error::from(err)),
     };
-    m::sync_delivery(&delivery.target.name, started.elapsed());
+    metrics.delivery.record(started.elapsed().as_secs_f64());
     match result {
         Ok(()) => Outcome::Delivered,
         Err(err) => {
@@ -98,101 +107,55 @@ pub async fn deliver(
     }
 }
 
-/// The status of one record at one target, in the cache (namespace `status`) and in KV
-/// `cache` under `status.<target>.<record id>`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Status {
-    pub record_id: String,
-    pub target: String,
-    pub source: String,
-    pub subject: String,
-    pub seq: u64,
-    pub key: String,
-    /// `pending` (a delivery failed and will be retried), `confirmed` (the target
-    /// answered and the source was told) or `failed` (dead-lettered).
-    pub status: String,
-    pub deliveries: i64,
-    /// RFC 3339.
-    pub updated: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Status {
-    pub fn new(
-        record: &Record,
-        delivery: &Delivery,
-        status: &str,
-        error: Option<&Error>,
-    ) -> Status {
-        Status {
-            record_id: record.id.clone(),
-            target: delivery.target.name.clone(),
-            source: record.source.clone(),
-            subject: record.subject.clone(),
-            seq: record.seq,
-            key: delivery.key.clone(),
-            status: status.to_string(),
-            deliveries: record.delivered,
-            updated: crate::integration::registry::registrar::now(),
-            error: error.map(ToString::to_string),
-        }
-    }
-}
-
-/// The cache key of a record's status at a target. A record id that is not a valid key
-/// token (ids come from sources) is hex-encoded, prefixed with `x`.
-pub fn status_key(target: &str, record_id: &str) -> String {
-    let safe = !record_id.is_empty()
-        && record_id.len() <= 128
-        && record_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=');
-    if safe {
-        format!("{target}.{record_id}")
-    } else {
-        let hex: String = record_id.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{target}.x{hex}")
-    }
-}
-
-/// Writes the status (best effort: a status that cannot be written is logged; the
-/// record's delivery does not depend on it).
-pub async fn write_status(deps: &Deps, status: &Status) {
-    let key = status_key(&status.target, &status.record_id);
-    let value = match serde_json::to_vec(status) {
-        Ok(value) => Bytes::from(value),
-        Err(err) => return tracing::warn!(%err, "cannot encode a status"),
-    };
-    if let Err(err) = deps.cache.put(STATUS_NAMESPACE, &key, value).await {
-        tracing::warn!(%err, %key, "cannot store a delivery status");
-    }
-}
-
 /// Stores the confirmation for the source, in the record's codec, once per record and
-/// target (`Nats-Msg-Id`).
-async fn confirm(deps: &Deps, record: &Record, status: &Status) -> Result<(), Error> {
+/// target (`Nats-Msg-Id`). `json` is the status already encoded as JSON, reused as the
+/// payload when the record's codec is JSON.
+async fn confirm(
+    deps: &Deps,
+    record: &Record,
+    status: &StatusView<'_>,
+    json: &Bytes,
+) -> Result<(), Error> {
     let meta =
         Meta::from_headers(Some(&record.headers), RECORD_TYPE)?.follow_up(SOURCE, CONFIRMED_TYPE);
-    let (mut headers, payload) = Envelope::new(meta, status).encode()?;
-    headers.insert(h::TARGET, status.target.as_str());
+    let payload = match meta.content_type {
+        ContentType::Json => json.clone(),
+        codec => Bytes::from(codec.encode(status)?),
+    };
+    let mut headers = meta.to_headers();
+    headers.insert(TARGET, status.target);
     headers.insert(
-        h::NATS_MSG_ID,
+        NATS_MSG_ID,
         format!(
-            "confirm:{}:{}:{}",
+            "confirm:{}:{}:{}:{}",
             status.status,
             status.target,
-            record.origin()
+            subjects::STREAM_DATA.name,
+            record.seq
         ),
     );
     let subject = subjects::data_confirm(&record.source)?;
     deps.js
-        .publish_with_headers(subject, headers, payload.into())
+        .publish_with_headers(subject, headers, payload)
         .await
         .map_err(|e| Error::nats("publish confirmation", e))?
         .await
         .map_err(|e| Error::nats("store confirmation", e))?;
     Ok(())
+}
+
+/// Confirms and stores the status at once; the confirmation's result.
+async fn confirm_and_store(
+    deps: &Deps,
+    record: &Record,
+    status: &StatusView<'_>,
+) -> Result<(), Error> {
+    let json = status.to_json()?;
+    let (confirmed, ()) = tokio::join!(
+        confirm(deps, record, status, &json),
+        status::store(deps, status.target, status.record_id, json.clone())
+    );
+    confirmed
 }
 
 /// After the target answered: confirm, store the status, then ack. A confirmation that
@@ -203,15 +166,12 @@ pub async fn settle_delivered(
     message: Message,
     record: Record,
     delivery: Delivery,
+    metrics: Arc<SyncMetrics>,
 ) {
-    let status = Status::new(&record, &delivery, "confirmed", None);
-    let (confirmed, ()) = tokio::join!(
-        confirm(&deps, &record, &status),
-        write_status(&deps, &status)
-    );
-    match confirmed {
+    let status = StatusView::new(&record, &delivery, "confirmed", None);
+    match confirm_and_store(&deps, &record, &status).await {
         Ok(()) => {
-            m::sync_outcome(&delivery.target.name, "delivered");
+            metrics.delivered.increment(1);
             if let Err(err) = message.ack().await {
                 tracing::warn!(%err, "cannot ack a delivered record; it will be redelivered");
             }
@@ -234,6 +194,7 @@ pub async fn settle_failed(
     record: Record,
     delivery: Delivery,
     error: Error,
+    metrics: Arc<SyncMetrics>,
 ) {
     let letter = DeadLetter {
         component: "sync",
@@ -252,15 +213,11 @@ pub async fn settle_failed(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
-    let status = Status::new(&record, &delivery, "failed", Some(&error));
-    let (confirmed, ()) = tokio::join!(
-        confirm(&deps, &record, &status),
-        write_status(&deps, &status)
-    );
-    if let Err(err) = confirmed {
+    let status = StatusView::new(&record, &delivery, "failed", Some(&error));
+    if let Err(err) = confirm_and_store(&deps, &record, &status).await {
         tracing::warn!(%err, "cannot tell the source a record failed; it is in the DLQ");
     }
-    m::sync_outcome(&delivery.target.name, "dead_lettered");
+    metrics.dead_lettered.increment(1);
     if let Err(err) = message.ack_with(AckKind::Term).await {
         tracing::warn!(%err, "cannot terminate a dead-lettered record");
     }

@@ -1,176 +1,201 @@
-//! One lane of a target's worker: delivers its records one at a time, so the records
-//! of a key (which always hash to the same lane) reach the target in order.
+//! The deliveries of one target's worker: records go out in the order of their key
+//! ([`keys`](super::keys)), up to `max_in_flight` at once, and each is settled once
+//! its target answered.
 //!
 //! When a delivery fails and is to be retried, the record is nak'ed with a delay
-//! (JetStream redelivers it: retries survive a crash) and the lane holds every later
+//! (JetStream redelivers it: retries survive a crash) and its key holds every later
 //! record until that redelivery arrives and is settled; held records get in-progress
-//! acks so the server does not redeliver them meanwhile. Other lanes keep flowing.
+//! acks so the server does not redeliver them meanwhile. Other keys keep flowing.
+//!
+//! Everything runs inside the worker's task: deliveries and settles are futures it
+//! polls, so a record costs no task spawn and no channel hop, and one wake-up of the
+//! worker handles whatever finished meanwhile.
 
-use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use tokio::sync::mpsc;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::deliver::{self, Outcome, Status};
-use super::worker::Shared;
+use super::deliver::{self, Deps, Outcome, Status};
+use super::keys::Schedule;
+use super::policy::SyncPolicy;
 use crate::data::flow::{Delivery, Target};
 use crate::data::record::Record;
-use crate::observability::metrics as m;
+use crate::observability::metrics::SyncMetrics;
 
-/// Records waiting for one lane; a full lane makes the worker stop routing (and so
-/// pulling) until it has room.
-const LANE_QUEUE: usize = 256;
+/// How often held records get an in-progress ack (far below any ack wait).
+pub const KEEP_HELD_EVERY: Duration = Duration::from_secs(1);
 
-/// A record on its way to a lane.
+/// A record routed to this target.
 pub struct Item {
     pub message: Message,
     pub record: Record,
     pub delivery: Delivery,
 }
 
-/// Starts `count` lanes; returns their queues and tasks.
-pub fn start(
-    shared: &Shared,
-    target: &Target,
-    count: usize,
-    stop: &CancellationToken,
-) -> (Vec<mpsc::Sender<Item>>, Vec<tokio::task::JoinHandle<()>>) {
-    let mut queues = Vec::with_capacity(count);
-    let mut tasks = Vec::with_capacity(count);
-    for _ in 0..count.max(1) {
-        let (tx, rx) = mpsc::channel(LANE_QUEUE);
-        queues.push(tx);
-        let lane = Lane::new(shared.clone(), target.clone(), rx, stop.clone());
-        tasks.push(shared.ctx.spawn(lane.run()));
-    }
-    (queues, tasks)
+/// A delivery or a settle that finished. Items travel boxed: a record with its message
+/// is several hundred bytes, copied at every move otherwise.
+pub enum Event {
+    Delivered(Box<Item>, Outcome),
+    Settled,
 }
 
-/// The lane of a key, out of `lanes`.
-pub fn lane_of(key: &str, lanes: usize) -> usize {
-    let mut hasher = std::hash::DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % lanes.max(1) as u64) as usize
-}
-
-/// Delivers its records one at a time, holding later ones while a failed record waits
-/// for its redelivery.
-struct Lane {
-    shared: Shared,
+/// The records of one target's worker, and its deliveries and settles in flight.
+pub struct Deliveries {
+    deps: Arc<Deps>,
     target: Target,
-    queue: mpsc::Receiver<Item>,
-    stop: CancellationToken,
-    /// The sequence awaited for redelivery, and until when it is awaited.
-    waiting_for: Option<(u64, Instant)>,
-    held: VecDeque<Item>,
+    policy: Arc<SyncPolicy>,
+    metrics: Arc<SyncMetrics>,
+    schedule: Schedule<Box<Item>>,
+    tasks: FuturesUnordered<BoxFuture<'static, Event>>,
 }
 
-impl Lane {
-    fn new(
-        shared: Shared,
+impl Deliveries {
+    pub fn new(
+        deps: Arc<Deps>,
         target: Target,
-        queue: mpsc::Receiver<Item>,
-        stop: CancellationToken,
-    ) -> Lane {
-        Lane {
-            shared,
+        policy: SyncPolicy,
+        metrics: Arc<SyncMetrics>,
+    ) -> Deliveries {
+        Deliveries {
+            deps,
             target,
-            queue,
-            stop,
-            waiting_for: None,
-            held: VecDeque::new(),
+            policy: Arc::new(policy),
+            metrics,
+            schedule: Schedule::default(),
+            tasks: FuturesUnordered::new(),
         }
     }
 
-    async fn run(mut self) {
-        let mut progress = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            if self.waiting_for.is_none()
-                && let Some(item) = self.held.pop_front()
-            {
-                self.process(item).await;
-                continue;
-            }
-            tokio::select! {
-                _ = self.stop.cancelled() => break,
-                _ = progress.tick() => self.keep_held().await,
-                next = self.queue.recv() => match next {
-                    None => break,
-                    Some(item) => match self.waiting_for {
-                        Some((seq, _)) if item.record.seq != seq => {
-                            let _ = item.message.ack_with(AckKind::Progress).await;
-                            self.held.push_back(item);
-                        }
-                        _ => self.process(item).await,
-                    },
-                },
-            }
-        }
-        // Give back what was not delivered, in order, for the next owner.
-        self.queue.close();
-        while let Some(item) = self.queue.recv().await {
-            self.held.push_back(item);
-        }
-        for item in self.held.drain(..) {
-            let _ = item.message.ack_with(AckKind::Nak(None)).await;
-        }
+    /// A changed policy applies to the deliveries started from now on.
+    pub fn set_policy(&mut self, policy: SyncPolicy) {
+        self.policy = Arc::new(policy);
+        self.start();
     }
 
-    async fn process(&mut self, item: Item) {
+    /// Records waiting for a slot or for their key (held ones not counted: they wait
+    /// for a redelivery that only pulling brings).
+    pub fn ready(&self) -> usize {
+        self.schedule.ready()
+    }
+
+    /// Whether any delivery or settle is in flight.
+    pub fn busy(&self) -> bool {
+        !self.tasks.is_empty()
+    }
+
+    /// The next delivery or settle to finish (cancel-safe; `None` when none is in
+    /// flight).
+    pub async fn next(&mut self) -> Option<Event> {
+        self.tasks.next().await
+    }
+
+    /// Queues a record behind its key (holding it while its key awaits a redelivery)
+    /// and starts what can start.
+    pub async fn push(&mut self, item: Item) {
+        let key = item.delivery.key.clone();
+        let seq = item.record.seq;
+        if let Some(held) = self.schedule.push(&key, seq, Box::new(item)) {
+            let _ = held.message.ack_with(AckKind::Progress).await;
+            return;
+        }
+        self.start();
+    }
+
+    /// Handles a finished delivery or settle, and starts what can start.
+    pub fn handle(&mut self, event: Event) {
+        let Event::Delivered(item, outcome) = event else {
+            return;
+        };
         let Item {
             message,
             record,
             delivery,
-        } = item;
-        if self.waiting_for.is_some_and(|(seq, _)| seq == record.seq) {
-            self.waiting_for = None;
-        }
-        let policy = self.shared.policies.get(&self.target.name);
-        let deps = self.shared.deps.clone();
-        match deliver::deliver(&deps, &record, &delivery, &policy).await {
+        } = *item;
+        let (deps, metrics) = (self.deps.clone(), self.metrics.clone());
+        let settle = match outcome {
             Outcome::Delivered => {
-                self.shared
-                    .ctx
-                    .spawn(deliver::settle_delivered(deps, message, record, delivery));
+                self.schedule.finished(&delivery.key, None);
+                deliver::settle_delivered(deps, message, record, delivery, metrics)
+                    .map(|()| Event::Settled)
+                    .boxed()
             }
             Outcome::GiveUp(err) => {
-                self.shared
-                    .ctx
-                    .spawn(deliver::settle_failed(deps, message, record, delivery, err));
+                self.schedule.finished(&delivery.key, None);
+                deliver::settle_failed(deps, message, record, delivery, err, metrics)
+                    .map(|()| Event::Settled)
+                    .boxed()
             }
             Outcome::Retry(err) => {
-                m::sync_outcome(&self.target.name, "retried");
-                let delay = policy.retry_delay(record.delivered);
+                metrics.retried.increment(1);
+                let delay = self.policy.retry_delay(record.delivered);
                 tracing::debug!(%err, seq = record.seq, ?delay, "delivery failed; redelivering later");
+                // Wait for the redelivery: its delay, plus an ack wait in case it is slow
+                // to come back; past that, stop holding the key (the server has the
+                // record and will deliver it again).
+                let until = Instant::now() + delay + self.policy.ack_wait;
+                self.schedule
+                    .finished(&delivery.key, Some((record.seq, until)));
                 let status = Status::new(&record, &delivery, "pending", Some(&err));
-                self.shared
-                    .ctx
-                    .spawn(async move { deliver::write_status(&deps, &status).await });
-                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                // Wait for the redelivery: its delay, plus an ack wait in case it is
-                // slow to come back; past that, stop holding this lane (the server has
-                // it and will deliver it again).
-                let until = Instant::now() + delay + policy.ack_wait;
-                self.waiting_for = Some((record.seq, until));
+                async move {
+                    // The status first: written after the nak, it could land after the
+                    // redelivery's own `confirmed` and overwrite it.
+                    deliver::write_status(&deps, &status).await;
+                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                    Event::Settled
+                }
+                .boxed()
             }
+        };
+        self.tasks.push(settle);
+        self.start();
+    }
+
+    /// In-progress acks for held records, and giving up the waits whose redelivery
+    /// did not come.
+    pub async fn keep_held(&mut self) {
+        for (key, seq) in self.schedule.release_expired(Instant::now()) {
+            tracing::warn!(seq, %key, target = %self.target.name, "redelivery did not arrive; releasing the key");
+        }
+        for item in self.schedule.held() {
+            let _ = item.message.ack_with(AckKind::Progress).await;
+        }
+        self.start();
+    }
+
+    /// Gives back every record not yet delivered, for the next owner; what is in
+    /// flight finishes ([`Deliveries::finish`]).
+    pub async fn give_back(&mut self) {
+        for item in self.schedule.drain() {
+            let _ = item.message.ack_with(AckKind::Nak(None)).await;
         }
     }
 
-    /// In-progress acks for held records, and giving up the wait when the awaited
-    /// redelivery does not come.
-    async fn keep_held(&mut self) {
-        if let Some((seq, until)) = self.waiting_for
-            && Instant::now() > until
-        {
-            tracing::warn!(seq, target = %self.target.name, "redelivery did not arrive; releasing the lane");
-            self.waiting_for = None;
+    /// Waits for every delivery and settle in flight.
+    pub async fn finish(&mut self) {
+        while let Some(event) = self.tasks.next().await {
+            self.handle(event);
         }
-        for item in &self.held {
-            let _ = item.message.ack_with(AckKind::Progress).await;
+    }
+
+    /// Starts deliveries while slots are free and keys can run.
+    fn start(&mut self) {
+        while let Some(item) = self.schedule.next(self.policy.max_in_flight) {
+            let (deps, policy, metrics) =
+                (self.deps.clone(), self.policy.clone(), self.metrics.clone());
+            self.tasks.push(
+                async move {
+                    let outcome =
+                        deliver::deliver(&deps, &item.record, &item.delivery, &policy, &metrics)
+                            .await;
+                    Event::Delivered(item, outcome)
+                }
+                .boxed(),
+            );
         }
     }
 }

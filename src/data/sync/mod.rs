@@ -7,22 +7,26 @@
 //! - [`members`]: each target is delivered by one sync instance (rendezvous hashing over
 //!   the instances registered as `switchyard-sync`; the consumer is pinned to one
 //!   puller as well); instances share the targets and take over a dead one's.
-//! - [`lane`]: one record at a time per key, holding a key's later records while a
-//!   failed one waits for its redelivery.
+//! - [`lane`] and [`keys`]: order per key: one record at a time per key, up to
+//!   `max_in_flight` keys at once, holding a key's later records while a failed one
+//!   waits for its redelivery.
 //! - [`deliver`]: one delivery (request to the target with a delivery id), then the
-//!   confirmation on `data.confirm.<source>`, the status in the cache (`status`
-//!   namespace, KV `cache`) and the ack; or the dead letter when deliveries run out.
+//!   confirmation on `data.confirm.<source>`, the status ([`status`]) in the cache
+//!   (`status` namespace, KV `cache`) and the ack; or the dead letter when deliveries
+//!   run out.
 //! - [`recovery`]: after a crash, the records the dead owner held come back before
 //!   newer ones are delivered, so order per key survives a takeover.
-//! - [`policy`]: ack wait, max deliveries, backoff, timeout and lanes per target from
-//!   KV `policies` (`sync.<target>`), live.
+//! - [`policy`]: ack wait, max deliveries, backoff, timeout and keys in flight per
+//!   target from KV `policies` (`sync.<target>`), live.
 
 pub mod consumer;
 pub mod deliver;
+pub mod keys;
 pub mod lane;
 pub mod members;
 pub mod policy;
 pub mod recovery;
+pub mod status;
 pub mod worker;
 
 use std::collections::HashMap;

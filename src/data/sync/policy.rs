@@ -29,7 +29,7 @@ pub struct SyncPolicy {
     pub backoff: Vec<Duration>,
     /// How long one delivery waits for the target's answer.
     pub timeout: Duration,
-    /// Records of different keys delivered at once (lanes).
+    /// Records of different keys delivered at once (a key has one in flight at most).
     pub max_in_flight: usize,
     /// How long a stopped worker keeps its pin on the target's consumer before another
     /// instance may take over.

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{AckKind, Message};
 use async_nats::jetstream::consumer::Info;
+use async_nats::jetstream::{AckKind, Message};
 use tokio::time::Instant;
 
 pub struct Recovery {

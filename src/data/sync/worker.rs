@@ -1,5 +1,5 @@
 //! One target's worker: pulls the target's consumer, keeps the records the flow rules
-//! route to this target, and hands each to the [`lane`](super::lane) its key hashes to.
+//! route to this target, and hands them to its [`Deliveries`] (order per key).
 //!
 //! A record may only be routed once the rules are known up to the time it was stored
 //! ([`Rules::current_through`], a round trip when records are newer than the last
@@ -15,19 +15,18 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::{self, GROUP};
 use super::deliver::Deps;
-use super::lane::{self, Item};
+use super::lane::{Deliveries, Item, KEEP_HELD_EVERY};
 use super::policy::SyncPolicies;
 use super::recovery::Recovery;
 use crate::component::Context;
 use crate::data::flow::{Rules, Target};
 use crate::data::record::Record;
 use crate::error::Error;
-use crate::observability::metrics as m;
+use crate::observability::metrics::SyncMetrics;
 use crate::subjects::{STREAM_DATA, sync_consumer};
 
 /// How long a pull waits before asking again; far below the pin timeout so the pin is
@@ -39,6 +38,9 @@ const PULL_HEARTBEAT: Duration = Duration::from_millis(400);
 const RECOVERY_CHECK: Duration = Duration::from_millis(500);
 /// Records asked for per pull, at least.
 const PULL_BATCH: usize = 256;
+/// Records received and not yet delivering (held ones aside) past which the worker
+/// stops taking more from the pull stream until deliveries catch up.
+const MAX_READY: usize = 4096;
 /// Delays between proofs that failed (the rules cannot be checked).
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
@@ -51,7 +53,6 @@ pub struct Shared {
     pub rules: Rules,
     pub policies: SyncPolicies,
 }
-
 
 /// Runs until `stop`, then finishes the deliveries in flight, gives back the records it
 /// holds, and releases its pin so the next owner starts at once.
@@ -102,12 +103,24 @@ async fn pull(
         .messages()
         .await
         .map_err(|e| Error::nats("pull from the target's consumer", e))?;
-    let lane_stop = CancellationToken::new();
-    let (lanes, lane_tasks) = lane::start(shared, target, policy.max_in_flight, &lane_stop);
-    let mut router = Router::new(shared, target, lanes);
+    let metrics = Arc::new(SyncMetrics::new(&target.name));
+    let deliveries = Deliveries::new(shared.deps.clone(), target.clone(), policy, metrics.clone());
+    let mut router = Router::new(shared, target, deliveries, metrics);
     let mut proof: Option<Proof> = None;
-    let mut policy_changes = shared.policies.changes();
+    // Change notifications as a stream, so one waiter is registered for the life of the
+    // loop rather than one per turn.
+    let mut policy_changes = Box::pin(
+        futures::stream::unfold(shared.policies.changes(), |mut changes| async move {
+            changes.changed().await.ok().map(|()| ((), changes))
+        })
+        .fuse(),
+    );
     let mut recovery_check = tokio::time::interval(RECOVERY_CHECK);
+    let mut keep_held = tokio::time::interval(KEEP_HELD_EVERY);
+    // Made once, not per turn of the loop: each would register with (and leave) the
+    // token's list of waiters every time.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let result = loop {
         let proving = async {
             match proof.as_mut() {
@@ -115,30 +128,17 @@ async fn pull(
                 None => std::future::pending().await,
             }
         };
+        let room = router.waiting.len() + router.deliveries.ready() < MAX_READY;
+        let in_flight = router.deliveries.busy();
         tokio::select! {
-            _ = stop.cancelled() => break Ok(()),
+            _ = &mut stopped => break Ok(()),
+            Some(event) = router.deliveries.next(), if in_flight => router.deliveries.handle(event),
             proven = proving => {
                 if let Some(p) = proof.take() {
                     proof = router.proven(p, proven).await;
                 }
             }
-            _ = recovery_check.tick(), if recovery.is_some() => {
-                let floor = consumer.info().await.ok().map(|i| i.ack_floor.stream_sequence);
-                if let Some(r) = recovery.take_if(|r| r.done(floor)) {
-                    for message in r.release() {
-                        router.accept(message).await;
-                    }
-                } else if let Some(r) = &recovery {
-                    r.keep_held().await;
-                }
-            }
-            Ok(()) = policy_changes.changed() => {
-                // Ack wait and max deliveries live on the consumer; update it in place
-                // (a new pull would lose the pin for the pin timeout).
-                let policy = shared.policies.get(&target.name);
-                consumer::ensure(js, &target.name, since, &policy).await?;
-            }
-            next = messages.next() => match next {
+            next = messages.next(), if room => match next {
                 None => break Err(Error::unavailable("the consumer's pull stream ended")),
                 Some(Err(err)) => {
                     tracing::debug!(%err, target = %target.name, "pull status");
@@ -151,21 +151,38 @@ async fn pull(
                     None => router.accept(message).await,
                 },
             },
+            _ = keep_held.tick() => router.deliveries.keep_held().await,
+            _ = recovery_check.tick(), if recovery.is_some() => {
+                let floor = consumer.info().await.ok().map(|i| i.ack_floor.stream_sequence);
+                if let Some(r) = recovery.take_if(|r| r.done(floor)) {
+                    for message in r.release() {
+                        router.accept(message).await;
+                    }
+                } else if let Some(r) = &recovery {
+                    r.keep_held().await;
+                }
+            }
+            Some(()) = policy_changes.next() => {
+                // Ack wait and max deliveries live on the consumer; update it in place
+                // (a new pull would lose the pin for the pin timeout).
+                let policy = shared.policies.get(&target.name);
+                if let Err(err) = consumer::ensure(js, &target.name, since, &policy).await {
+                    break Err(err);
+                }
+                router.deliveries.set_policy(policy);
+            }
         }
         if proof.is_none() {
             proof = router.prove();
         }
     };
     // Stop pulling first (so the server does not hand us more), give back what was not
-    // routed, then let the lanes finish what they are delivering and give back what
-    // they hold.
+    // routed and what waits for its key, then let the deliveries in flight finish and
+    // settle.
     drop(messages);
     router.give_back().await;
-    lane_stop.cancel();
-    drop(router);
-    for task in lane_tasks {
-        let _ = task.await;
-    }
+    router.deliveries.give_back().await;
+    router.deliveries.finish().await;
     result
 }
 
@@ -180,7 +197,8 @@ struct Proof {
 struct Router<'a> {
     shared: &'a Shared,
     target: &'a Target,
-    lanes: Vec<mpsc::Sender<Item>>,
+    deliveries: Deliveries,
+    metrics: Arc<SyncMetrics>,
     waiting: VecDeque<(Message, Record)>,
     /// The newest stored time among `waiting`.
     newest: Option<OffsetDateTime>,
@@ -188,19 +206,25 @@ struct Router<'a> {
 }
 
 impl<'a> Router<'a> {
-    fn new(shared: &'a Shared, target: &'a Target, lanes: Vec<mpsc::Sender<Item>>) -> Self {
+    fn new(
+        shared: &'a Shared,
+        target: &'a Target,
+        deliveries: Deliveries,
+        metrics: Arc<SyncMetrics>,
+    ) -> Self {
         Router {
             shared,
             target,
-            lanes,
+            deliveries,
+            metrics,
             waiting: VecDeque::new(),
             newest: None,
             retry: RETRY_MIN,
         }
     }
 
-    async fn accept(&mut self, message: Message) {
-        match Record::from_message(&message) {
+    async fn accept(&mut self, mut message: Message) {
+        match Record::take_from(&mut message) {
             Ok(record) => {
                 self.newest = self.newest.max(Some(record.stored));
                 self.waiting.push_back((message, record));
@@ -258,28 +282,28 @@ impl<'a> Router<'a> {
     async fn route(&mut self, message: Message, record: Record) {
         let name = &self.target.name;
         let delivery = match self.shared.rules.route(&record) {
-            Ok(route) => route.deliveries.into_iter().find(|d| &d.target.name == name),
+            Ok(route) => route
+                .deliveries
+                .into_iter()
+                .find(|d| &d.target.name == name),
             Err(_) => {
-                m::sync_skipped(name, "malformed");
+                self.metrics.malformed.increment(1);
                 let _ = message.ack().await;
                 return;
             }
         };
         let Some(delivery) = delivery else {
-            m::sync_skipped(name, "not_routed");
+            self.metrics.not_routed.increment(1);
             let _ = message.ack().await;
             return;
         };
-        let lane = lane::lane_of(&delivery.key, self.lanes.len());
-        let item = Item {
-            message,
-            record,
-            delivery,
-        };
-        if let Err(mpsc::error::SendError(item)) = self.lanes[lane].send(item).await {
-            // The lane stopped (shutdown): give the record back.
-            let _ = item.message.ack_with(AckKind::Nak(None)).await;
-        }
+        self.deliveries
+            .push(Item {
+                message,
+                record,
+                delivery,
+            })
+            .await;
     }
 
     /// Records not yet routed go back to the server, in order, for the next owner.
