@@ -18,7 +18,7 @@ use switchyard::data::sync::SyncComponent;
 use switchyard::data::sync::deliver::{STATUS_NAMESPACE, Status, status_key};
 use switchyard::subjects::headers as h;
 
-use common::{Process, TestServer, free_addr, http_get, until};
+use common::{Process, free_addr, http_get, until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -344,12 +344,8 @@ fn wait_ready(admin: std::net::SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_killed_mid_stream_loses_nothing_and_applies_nothing_twice() {
-    let server = TestServer::start();
-    let client = server.client().await;
+    let (server, client) = common::provisioned().await;
     let js = jetstream::new(client.clone());
-    switchyard::nats::provision(&js, &common::jetstream_config())
-        .await
-        .unwrap();
     let target = TestTarget::serve(&client, "test.kill", 0).await;
     // Short ack wait and pin timeout: the restarted instance takes over quickly.
     put_policy(
@@ -394,12 +390,8 @@ async fn sync_killed_mid_stream_loses_nothing_and_applies_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_targets_without_duplicates() {
-    let server = TestServer::start();
-    let client = server.client().await;
+    let (server, client) = common::provisioned().await;
     let js = jetstream::new(client.clone());
-    switchyard::nats::provision(&js, &common::jetstream_config())
-        .await
-        .unwrap();
     let (_one, admin_one) = run_flow_sync(&server.url());
     let (_two, admin_two) = run_flow_sync(&server.url());
     wait_ready(admin_one);
