@@ -20,7 +20,7 @@ use crate::subjects::{STREAM_DATA, sync_consumer};
 /// The priority group every sync worker pulls in.
 pub const GROUP: &str = "sync";
 /// Records delivered and not yet acked, per target: held records of a blocked key
-/// count too, so this is far above any lane count.
+/// count too, so this is far above any keys-in-flight limit.
 const MAX_ACK_PENDING: i64 = 10_000;
 
 pub fn config(

@@ -6,8 +6,8 @@
 //! `Switchyard-Target` and `Switchyard-Timeout-Ms`. Any reply without
 //! `Nats-Service-Error-Code` is the target's acknowledgement.
 //!
-//! Settling happens after the target answered, off the lane (the next record of the key
-//! may go out meanwhile): the confirmation to `data.confirm.<source>` and the status in
+//! Settling happens after the target answered, without holding up the key (its next
+//! record may go out meanwhile): the confirmation to `data.confirm.<source>` and the status in
 //! the cache are stored, then the record is acked. A crash in between redelivers the
 //! record; the target sees the same delivery id, and the confirmation's `Nats-Msg-Id`
 //! lets the stream store it once.

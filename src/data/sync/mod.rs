@@ -7,7 +7,7 @@
 //! - [`members`]: each target is delivered by one sync instance (rendezvous hashing over
 //!   the instances registered as `switchyard-sync`; the consumer is pinned to one
 //!   puller as well); instances share the targets and take over a dead one's.
-//! - [`lane`] and [`keys`]: order per key: one record at a time per key, up to
+//! - [`deliveries`] and [`keys`]: order per key: one record at a time per key, up to
 //!   `max_in_flight` keys at once, holding a key's later records while a failed one
 //!   waits for its redelivery.
 //! - [`deliver`]: one delivery (request to the target with a delivery id), then the
@@ -21,8 +21,8 @@
 
 pub mod consumer;
 pub mod deliver;
+pub mod deliveries;
 pub mod keys;
-pub mod lane;
 pub mod members;
 pub mod policy;
 pub mod recovery;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::{self, GROUP};
 use super::deliver::Deps;
-use super::lane::{Deliveries, Item, KEEP_HELD_EVERY};
+use super::deliveries::{Deliveries, Item, KEEP_HELD_EVERY};
 use super::policy::SyncPolicies;
 use super::recovery::Recovery;
 use crate::component::Context;
@@ -277,7 +277,7 @@ impl<'a> Router<'a> {
         None
     }
 
-    /// To the record's lane when the rules send it to this target; otherwise acked at
+    /// To the deliveries when the rules send it to this target; otherwise acked at
     /// once (not for this target, or malformed: the flow dead-letters those).
     async fn route(&mut self, message: Message, record: Record) {
         let name = &self.target.name;
