@@ -22,7 +22,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::report::{MachineInfo, RunInfo};
+use super::report::RunInfo;
 use super::runner::Timing;
 use crate::config::Config;
 use crate::data::cache::{Cache, CacheConfig, NamespaceRule};
@@ -78,18 +78,15 @@ pub async fn bench(
     server: String,
     progress: &ProgressBar,
 ) -> Result<CacheReport, Error> {
-    let client = crate::nats::connect(url, "switchyard-bench-cache").await?;
-    let run = RunInfo::new(
+    let (client, run, _) = super::connect_provisioned(
+        config,
+        embedded,
+        url,
+        "switchyard-bench-cache",
         server,
         timing,
-        MachineInfo::collect(&client.server_info().version),
-    );
-    let mut jetstream = config.jetstream.clone();
-    if embedded {
-        jetstream.replicas = 1;
-    }
-    let js = async_nats::jetstream::new(client.clone());
-    crate::nats::provision(&js, &jetstream).await?;
+    )
+    .await?;
     let figures = measure(&client, progress).await;
     // Closed before the embedded server stops, so nobody is left reconnecting.
     let _ = client.drain().await;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::report::{DIRECT, GATEWAY, quantile};
 pub use self::report::{GatewayReport, LookupCost, Subjects, render_table};
-use super::report::{MachineInfo, RELAY, RunInfo, ScenarioResult};
+use super::report::{RELAY, ScenarioResult};
 use super::scenarios::{self, Services};
 use super::{CONCURRENCY, Names, PAYLOADS, Timing};
 use crate::admin::Readiness;
@@ -62,18 +62,9 @@ pub async fn bench(
     // The recorder `up` installs: the gateway's and the service's metrics cost what
     // they cost in production.
     crate::observability::metrics::install();
-    let caller = crate::nats::connect(url, "switchyard-bench").await?;
-    let run = RunInfo::new(
-        server,
-        timing,
-        MachineInfo::collect(&caller.server_info().version),
-    );
-    let mut jetstream = config.jetstream.clone();
-    if embedded {
-        jetstream.replicas = 1;
-    }
-    let js = async_nats::jetstream::new(caller.clone());
-    crate::nats::provision(&js, &jetstream).await?;
+    let (caller, run, jetstream) =
+        super::connect_provisioned(config, embedded, url, "switchyard-bench", server, timing)
+            .await?;
 
     let subjects = Subjects {
         direct: format!("svc.{SERVICE}.{OPERATION}"),

@@ -117,7 +117,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
         BenchSuite::Cache => cache::bench(&config, embedded, timing, &url, label, &progress)
             .await
             .and_then(|report| render(&report, args.json, cache::render_table)),
-        BenchSuite::Sync => sync::bench(&config, timing, &url, label, &progress)
+        BenchSuite::Sync => sync::bench(&config, embedded, timing, &url, label, &progress)
             .await
             .and_then(|report| render(&report, args.json, sync::render_table)),
     };
@@ -152,6 +152,33 @@ fn progress_bar(total: u64, json: bool) -> ProgressBar {
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
+}
+
+/// What the suites that run Switchyard components need first: the caller's connection,
+/// the run's facts, and every stream and bucket provisioned as `up` does (one replica
+/// on the embedded single server, whatever the configuration says), with the
+/// JetStream settings the components are then started with.
+pub async fn connect_provisioned(
+    config: &Config,
+    embedded: bool,
+    url: &str,
+    name: &str,
+    server: String,
+    timing: Timing,
+) -> Result<(async_nats::Client, RunInfo, crate::config::JetStreamConfig), Error> {
+    let caller = crate::nats::connect(url, name).await?;
+    let run = RunInfo::new(
+        server,
+        timing,
+        MachineInfo::collect(&caller.server_info().version),
+    );
+    let mut jetstream = config.jetstream.clone();
+    if embedded {
+        jetstream.replicas = 1;
+    }
+    let js = jetstream::new(caller.clone());
+    crate::nats::provision(&js, &jetstream).await?;
+    Ok((caller, run, jetstream))
 }
 
 async fn bench(

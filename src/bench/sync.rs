@@ -27,7 +27,7 @@ use serde::Serialize;
 use self::load::{
     IN_FLIGHT, Measured, PUBLISHERS, RECORD_BYTES, measure, serve_target, thin_pipeline,
 };
-use super::report::{MachineInfo, RunInfo};
+use super::report::RunInfo;
 use super::{Names, Timing};
 use crate::admin::Readiness;
 use crate::component::Component;
@@ -59,22 +59,17 @@ pub struct SyncReport {
 
 pub async fn bench(
     config: &Config,
+    embedded: bool,
     timing: Timing,
     url: &str,
     server: String,
     progress: &ProgressBar,
 ) -> Result<SyncReport, Error> {
     crate::observability::metrics::install();
-    let caller = crate::nats::connect(url, "switchyard-bench").await?;
-    let run = RunInfo::new(
-        server,
-        timing,
-        MachineInfo::collect(&caller.server_info().version),
-    );
+    let (caller, run, jetstream_config) =
+        super::connect_provisioned(config, embedded, url, "switchyard-bench", server, timing)
+            .await?;
     let js = jetstream::new(caller.clone());
-    let mut jetstream_config = config.jetstream.clone();
-    jetstream_config.replicas = jetstream_config.replicas.max(1);
-    crate::nats::provision(&js, &jetstream_config).await?;
     let names = Names::new();
     let id = names.stream.trim_start_matches("BENCH_").to_lowercase();
     let target_subject = format!("bench.{id}.target");

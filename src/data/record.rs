@@ -140,10 +140,14 @@ impl Record {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(subject: &str, headers: &[(&str, &str)], payload: &[u8]) -> Result<Record, Error> {
+impl Record {
+    /// A record as unit tests need one: sequence 7, delivered once.
+    pub(crate) fn for_test(
+        subject: &str,
+        stored: OffsetDateTime,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> Result<Record, Error> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.insert(*k, *v);
@@ -151,11 +155,20 @@ mod tests {
         Record::new(
             subject.into(),
             7,
-            OffsetDateTime::UNIX_EPOCH,
+            stored,
             1,
             map,
             Bytes::copy_from_slice(payload),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(subject: &str, headers: &[(&str, &str)], payload: &[u8]) -> Result<Record, Error> {
+        Record::for_test(subject, OffsetDateTime::UNIX_EPOCH, headers, payload)
     }
 
     #[test]

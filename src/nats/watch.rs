@@ -13,9 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-const RECONNECT_CHECK: Duration = Duration::from_secs(1);
+/// Delays between attempts to follow again, and how often a follower checks whether the
+/// connection was re-established (shared by every follower of a stream, e.g. the
+/// cache's invalidation consumer).
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 
 /// Applies the current value of every key and returns the revision to follow from.
 /// The stream position is read first, then the keys: whatever changes while we read is
@@ -95,7 +98,9 @@ pub async fn follow(
     }
 }
 
-fn connects(client: &Client) -> u64 {
+/// How many times the client has connected: a change means the server may have
+/// restarted and a follower's consumer may be gone without its stream ending.
+pub(crate) fn connects(client: &Client) -> u64 {
     client
         .statistics()
         .connects

@@ -20,8 +20,6 @@
 //! expiry marker or a delete marker that has itself expired meanwhile) may be gone from
 //! the stream. A reconnect costs a cold cache, never a stale one.
 
-use std::time::Duration;
-
 use async_nats::Client;
 use async_nats::jetstream::consumer::push::{Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
@@ -32,11 +30,8 @@ use tokio_util::sync::CancellationToken;
 use super::key::from_kv_subject;
 use super::store::Cache;
 use crate::error::Error;
+use crate::nats::watch::{BACKOFF_MAX, BACKOFF_MIN, RECONNECT_CHECK, connects};
 use crate::subjects::BUCKET_CACHE;
-
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 
 /// Starts following bucket `cache` from its current end; returns once the consumer
 /// exists on the server (changes from now on are seen).
@@ -143,11 +138,4 @@ async fn follow(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-}
-
-fn connects(client: &Client) -> u64 {
-    client
-        .statistics()
-        .connects
-        .load(std::sync::atomic::Ordering::Relaxed)
 }

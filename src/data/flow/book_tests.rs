@@ -1,5 +1,3 @@
-use async_nats::HeaderMap;
-use bytes::Bytes;
 use serde_json::json;
 
 use super::*;
@@ -10,17 +8,7 @@ fn at(seconds: i64) -> OffsetDateTime {
 }
 
 fn record(subject: &str, stored: OffsetDateTime, payload: &str) -> Record {
-    let mut headers = HeaderMap::new();
-    headers.insert("ce-id", "r1");
-    Record::new(
-        subject.into(),
-        1,
-        stored,
-        1,
-        headers,
-        Bytes::copy_from_slice(payload.as_bytes()),
-    )
-    .unwrap()
+    Record::for_test(subject, stored, &[("ce-id", "r1")], payload.as_bytes()).unwrap()
 }
 
 fn rule(name: &str, subject: &str, targets: &[(&str, &str)]) -> Vec<u8> {

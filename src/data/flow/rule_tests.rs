@@ -1,5 +1,3 @@
-use async_nats::HeaderMap;
-use bytes::Bytes;
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -7,19 +5,7 @@ use super::*;
 use crate::error::ErrorKind;
 
 pub(crate) fn record(subject: &str, headers: &[(&str, &str)], payload: &[u8]) -> Record {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        map.insert(*k, *v);
-    }
-    Record::new(
-        subject.into(),
-        9,
-        OffsetDateTime::UNIX_EPOCH,
-        1,
-        map,
-        Bytes::copy_from_slice(payload),
-    )
-    .unwrap()
+    Record::for_test(subject, OffsetDateTime::UNIX_EPOCH, headers, payload).unwrap()
 }
 
 fn example() -> serde_json::Value {
