@@ -86,6 +86,27 @@ impl ErrorKind {
         )
     }
 
+    /// How Switchyard handles a failure of this kind everywhere (gateway, SDK, data
+    /// sync, tasks): the one table, documented in the README and tested against it.
+    pub fn handling(self) -> Handling {
+        let retried = self.is_retryable();
+        Handling {
+            code: self.code(),
+            http_status: self.code(),
+            retried,
+            settle: if retried {
+                Settle::NakWithDelay
+            } else {
+                Settle::Terminate
+            },
+            dead_letter: if retried {
+                DeadLetterWhen::DeliveriesExhausted
+            } else {
+                DeadLetterWhen::AtOnce
+            },
+        }
+    }
+
     /// Stable snake_case name, used as the `kind` metric label and in error bodies.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -107,6 +128,78 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What happens to a failure of one [`ErrorKind`]: see [`ErrorKind::handling`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handling {
+    /// `Nats-Service-Error-Code` on an error reply.
+    pub code: u16,
+    /// The HTTP ingress's status for it.
+    pub http_status: u16,
+    /// Whether the gateway retries the call (within the deadline and the retry budget)
+    /// and a JetStream consumer redelivers the message.
+    pub retried: bool,
+    /// What a JetStream consumer does with the message that failed.
+    pub settle: Settle,
+    /// When data involved is dead-lettered.
+    pub dead_letter: DeadLetterWhen,
+}
+
+/// How a JetStream consumer settles a message whose processing failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// `-NAK` with a jittered delay: redelivered until max deliveries.
+    NakWithDelay,
+    /// `+TERM`: never redelivered (it would fail the same way).
+    Terminate,
+}
+
+/// When a failed message goes to the dead-letter stream `DLQ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterWhen {
+    /// On the first failure: retrying cannot help.
+    AtOnce,
+    /// When its last allowed delivery fails too.
+    DeliveriesExhausted,
+}
+
+impl Settle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settle::NakWithDelay => "nak with jittered delay",
+            Settle::Terminate => "terminate",
+        }
+    }
+}
+
+impl DeadLetterWhen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterWhen::AtOnce => "at once",
+            DeadLetterWhen::DeliveriesExhausted => "after max deliveries",
+        }
+    }
+}
+
+/// The taxonomy as a Markdown table (the README's copy is tested against it).
+pub fn taxonomy_table() -> String {
+    let mut table = String::from(
+        "| kind | code / HTTP | retried | JetStream message | dead-lettered |\n\
+         |---|---|---|---|---|\n",
+    );
+    for kind in ErrorKind::ALL {
+        let h = kind.handling();
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            kind.as_str(),
+            h.code,
+            if h.retried { "yes" } else { "no" },
+            h.settle.as_str(),
+            h.dead_letter.as_str()
+        ));
+    }
+    table
 }
 
 /// Longest error text carried in a header; a longer message is cut (a header must stay
@@ -249,6 +342,25 @@ mod tests {
         let text = err.header_text();
         assert!(text.len() <= MAX_HEADER_TEXT && text.starts_with('é'));
         assert_eq!(Error::internal("").header_text(), "internal");
+    }
+
+    #[test]
+    fn the_readme_shows_the_taxonomy_as_it_is() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let table = taxonomy_table();
+        assert!(
+            readme.contains(&table),
+            "README.md must contain the taxonomy table:\n{table}"
+        );
+    }
+
+    #[test]
+    fn retried_kinds_are_nakked_and_dead_lettered_only_when_deliveries_run_out() {
+        for kind in ErrorKind::ALL {
+            let h = kind.handling();
+            assert_eq!(h.retried, h.settle == Settle::NakWithDelay, "{kind}");
+            assert_eq!(!h.retried, h.dead_letter == DeadLetterWhen::AtOnce, "{kind}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::resilience::errorlog::ErrorLog;
 
 /// A subject a component subscribes to, as listed by `switchyard components` and
 /// documented in subjects.md.
@@ -68,6 +69,8 @@ pub struct Context {
     pub client: Client,
     pub jetstream: JetStream,
     pub instance: Arc<Instance>,
+    /// Where components report errors (`errors.<component>`, stream `ERRORS`).
+    pub errors: ErrorLog,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -76,6 +79,7 @@ impl Context {
     pub fn new(client: Client, instance: Arc<Instance>) -> Context {
         Context {
             jetstream: async_nats::jetstream::new(client.clone()),
+            errors: ErrorLog::start(&client),
             client,
             instance,
             shutdown: CancellationToken::new(),

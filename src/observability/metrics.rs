@@ -33,6 +33,11 @@ pub const SDK_REQUEST_DURATION_SECONDS: &str = "switchyard_sdk_request_duration_
 /// Messages given up on and stored in stream `DLQ`; labels `component`, `kind`.
 pub const DEAD_LETTERS_TOTAL: &str = "switchyard_dead_letters_total";
 
+/// Errors reported to the error logger; labels `component`, `kind`.
+pub const ERRORS_TOTAL: &str = "switchyard_errors_total";
+/// Error records the error logger could not queue (errors faster than it publishes).
+pub const ERROR_LOG_DROPPED_TOTAL: &str = "switchyard_error_log_dropped_total";
+
 /// Records the flow component read from stream DATA; label `outcome` (routed,
 /// unrouted, malformed).
 pub const FLOW_RECORDS_TOTAL: &str = "switchyard_flow_records_total";
@@ -177,6 +182,17 @@ pub fn upkeep() {
 pub fn dead_letter(component: &'static str, kind: crate::error::ErrorKind) {
     metrics::counter!(DEAD_LETTERS_TOTAL, "component" => component, "kind" => kind.as_str())
         .increment(1);
+}
+
+/// Counts one reported error.
+pub fn error_reported(component: &str, kind: crate::error::ErrorKind) {
+    metrics::counter!(ERRORS_TOTAL, "component" => component.to_string(), "kind" => kind.as_str())
+        .increment(1);
+}
+
+/// Counts one error record the error logger had no room for.
+pub fn error_log_dropped() {
+    metrics::counter!(ERROR_LOG_DROPPED_TOTAL).increment(1);
 }
 
 /// Metric handles of one sync target, taken once per worker so the per-record path
