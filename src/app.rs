@@ -24,10 +24,14 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub fn catalog() -> Vec<Box<dyn Component>> {
     vec![
         Box::new(InstanceComponent),
+        Box::new(crate::system::coordinator::CoordinatorComponent::default()),
+        Box::new(crate::system::monitor::MonitorComponent),
         Box::new(RegistryComponent),
         Box::new(crate::data::flow::FlowComponent),
         Box::new(crate::data::sync::SyncComponent::default()),
+        Box::new(crate::resilience::deadletter::DeadLetterComponent),
         Box::new(CacheComponent::default()),
+        Box::new(crate::resilience::tasks::TasksComponent),
         Box::new(GatewayComponent::default()),
     ]
 }
@@ -129,6 +133,9 @@ async fn serve(
     }
     let supervisor =
         Supervisor::start(client, components, readiness, config.jetstream.clone()).await?;
+    // From here on, logs go to NATS too (logs.<level>.<component>, stream LOGS).
+    let ctx = supervisor.context();
+    crate::observability::logs::attach(&ctx.client, &ctx.instance.id);
     // Demo services start after the components and stop before them.
     let demo = match demo {
         false => None,
@@ -200,7 +207,8 @@ fn banner(
     let demo = demo.map_or_else(String::new, |demo| {
         format!(
             "\x20 nats -s {url} micro ls   # demo services: {}\n\
-             \x20 nats -s {url} req svc.echo.say '{{\"text\":\"hi\"}}'\n",
+             \x20 nats -s {url} req svc.echo.say '{{\"text\":\"hi\"}}'\n\
+             \x20 nats -s {url} req tasks.submit.slow.wait '{{\"ms\":100}}'   # a durable task\n",
             demo.names().join(", ")
         )
     });

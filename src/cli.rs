@@ -78,6 +78,91 @@ pub enum Command {
     /// Data flow rules in KV bucket `flows` (applied live by every instance).
     #[command(subcommand)]
     Flows(FlowsCommand),
+    /// Dead letters in stream DLQ: list, show, replay to their original subject, purge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// The system's status (sys.status): services and their health, micro STATS,
+    /// streams and consumers, DLQ depth, the coordinator leader.
+    Status(StatusArgs),
+    /// Logs of every instance from stream LOGS (logs.<level>.<component>).
+    Logs(crate::observability::logs_cli::LogsArgs),
+    /// Ask every instance for its log filter, or change it at once (`sync=debug,info`).
+    LogLevel(crate::observability::logs_cli::LogLevelArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print the JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters: seq, time, original subject, component/consumer, deliveries,
+    /// reason.
+    Ls(DlqLsArgs),
+    /// Print one dead letter: its headers and its payload as readable JSON.
+    Show(DlqShowArgs),
+    /// Publish dead letters again to their original subject (fresh ids, a header
+    /// linking the entry); the entries stay until purged.
+    Replay(DlqReplayArgs),
+    /// Delete dead letters.
+    Purge(DlqPurgeArgs),
+}
+
+/// Which dead letters: a pattern on the original subject and a time window.
+#[derive(Debug, Args, Default)]
+pub struct DlqFilterArgs {
+    /// Original subject pattern, NATS wildcards (`orders.*`, `data.in.>`, `>` for all).
+    #[arg(long, value_name = "PATTERN")]
+    pub subject: Option<String>,
+    /// Stored at or after: a duration ago (`10m`, `2h`) or an RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Stored at or before: a duration ago or an RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqLsArgs {
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqShowArgs {
+    /// The entry's sequence in stream DLQ (first column of `dlq ls`).
+    pub seq: u64,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    /// Sequences of the entries; without them, the filters select.
+    pub seqs: Vec<u64>,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Say what would be replayed, publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqPurgeArgs {
+    /// Sequences of the entries; without them, the filters select.
+    pub seqs: Vec<u64>,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Delete without asking (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +263,10 @@ pub enum BenchSuite {
     /// hand-written pipeline (publish with ack, one pull consumer, one request per
     /// record) in the same run, plus the cache hit path.
     Sync,
+    /// Durable tasks from submit to the result, against the thinnest hand-written
+    /// work queue (publish with ack to a work-queue stream, one pull consumer running
+    /// the same handler, ack, result published) in the same run.
+    Tasks,
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,11 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The data cache's rules per namespace (`[cache]`).
     pub cache: CacheConfig,
+    /// How long a coordinator leader's lease lasts without renewal (`[coordinator]
+    /// lease`): another instance takes over about this long after the leader dies.
+    pub coordinator_lease: Duration,
+    /// Alert rules from `[alerts] file`, the webhook and the evaluation interval.
+    pub alerts: crate::observability::alerts::AlertConfig,
 }
 
 /// The API gateway: its HTTP ingress and the timeout of services without a policy.
@@ -64,6 +69,8 @@ pub struct EmbeddedConfig {
 /// Stream and bucket settings; a change here updates them on the next start.
 #[derive(Debug, Clone, Default)]
 pub struct JetStreamConfig {
+    /// Replicas of every stream and bucket; 0 (the default) means 3 when the server is
+    /// part of a cluster and 1 when it is alone.
     pub replicas: usize,
     pub streams: BTreeMap<String, StreamLimits>,
 }
@@ -95,6 +102,57 @@ struct FileConfig {
     gateway: FileGateway,
     #[serde(default)]
     cache: CacheSection,
+    #[serde(default)]
+    coordinator: FileCoordinator,
+    #[serde(default)]
+    alerts: FileAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAlerts {
+    file: Option<PathBuf>,
+    webhook: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    every: Option<Duration>,
+}
+
+impl FileAlerts {
+    fn resolve(self) -> Result<crate::observability::alerts::AlertConfig, ConfigError> {
+        let file_rules = match &self.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read alert rules {}: {e}", path.display()))
+                })?;
+                crate::observability::alerts::rules::parse_file(&text)
+                    .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.message())))?
+            }
+            None => crate::observability::alerts::rules::defaults()
+                .map_err(|e| ConfigError(format!("built-in alert rules: {}", e.message())))?,
+        };
+        if let Some(url) = &self.webhook {
+            crate::observability::alerts::webhook::parse_url(url)
+                .map_err(|e| ConfigError(e.message().to_string()))?;
+        }
+        let every = self.every.unwrap_or(Duration::from_secs(5));
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&every) {
+            return Err(ConfigError(
+                "alerts.every must be between 100ms and 1h".into(),
+            ));
+        }
+        Ok(crate::observability::alerts::AlertConfig {
+            file_rules,
+            webhook: self.webhook,
+            every,
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCoordinator {
+    #[serde(default, with = "humantime_serde_opt")]
+    lease: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,7 +224,7 @@ impl Config {
                 server_bin: up.nats_server.clone().or(file.embedded.server_bin),
             },
             jetstream: JetStreamConfig {
-                replicas: file.jetstream.replicas.unwrap_or(1),
+                replicas: file.jetstream.replicas.unwrap_or(0),
                 streams: file.jetstream.streams,
             },
             gateway: GatewayConfig {
@@ -180,6 +238,11 @@ impl Config {
                     .unwrap_or(DEFAULT_GATEWAY_TIMEOUT),
             },
             cache: file.cache.resolve().map_err(ConfigError)?,
+            coordinator_lease: file
+                .coordinator
+                .lease
+                .unwrap_or(crate::system::coordinator::DEFAULT_LEASE),
+            alerts: file.alerts.resolve()?,
         };
         config.validate()?;
         Ok(config)
@@ -187,12 +250,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.nats_url {
-            url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| ConfigError(format!("invalid NATS URL {url:?}: {e}")))?;
+            crate::nats::connect::server_addrs(url)
+                .map_err(|e| ConfigError(e.message().to_string()))?;
         }
-        if !(1..=5).contains(&self.jetstream.replicas) {
+        if self.jetstream.replicas > 5 {
             return Err(ConfigError(format!(
-                "jetstream.replicas must be 1 to 5, got {}",
+                "jetstream.replicas must be 1 to 5 (or 0: automatic), got {}",
                 self.jetstream.replicas
             )));
         }
@@ -217,6 +280,11 @@ impl Config {
         if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(600) {
             return Err(ConfigError(
                 "gateway timeout must be between 1ms and 10m".into(),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.coordinator_lease) {
+            return Err(ConfigError(
+                "coordinator lease must be between 1s and 60s".into(),
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)

@@ -359,7 +359,11 @@ mod tests {
         for kind in ErrorKind::ALL {
             let h = kind.handling();
             assert_eq!(h.retried, h.settle == Settle::NakWithDelay, "{kind}");
-            assert_eq!(!h.retried, h.dead_letter == DeadLetterWhen::AtOnce, "{kind}");
+            assert_eq!(
+                !h.retried,
+                h.dead_letter == DeadLetterWhen::AtOnce,
+                "{kind}"
+            );
         }
     }
 

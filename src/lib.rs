@@ -13,9 +13,10 @@
 //! - [`nats`] is the infrastructure underneath: the embedded nats-server, connecting,
 //!   provisioning streams and buckets.
 //! - Components, grouped as the seed groups them: [`integration`] (gateway, bus,
-//!   registry), [`data`] (flow, sync, cache), [`system`] integration (coordinator,
-//!   monitor, health; today the `instance` component), [`resilience`] (dead letters
-//!   today; the taxonomy is [`error`]) and [`observability`] (metrics, logs, alerts).
+//!   registry), [`data`] (flow, sync, cache), [`system`] integration (instance,
+//!   coordinator, health checks, monitor), [`resilience`] (retries, breakers,
+//!   fallbacks, durable tasks, dead letters, the error logger; the taxonomy is
+//!   [`error`]) and [`observability`] (metrics, logs on NATS, alerts).
 //! - [`admin`] serves `/healthz`, `/readyz` and `/metrics`; [`bench`] measures the
 //!   raw-NATS baselines; [`cli`] and [`config`] read flags, env and the TOML file.
 //! - [`sdk`] is how users write services (operations with typed handlers, NATS micro,

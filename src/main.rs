@@ -20,7 +20,15 @@ async fn main() -> ExitCode {
         Err(err) => return config_error(&ConfigError(first_line(&err.to_string()))),
     };
     // `flows` prints one result or one error line; connection logs would bury it.
-    if matches!(cli.command, Command::Flows(_)) && cli.global.log.is_none() {
+    if matches!(
+        cli.command,
+        Command::Flows(_)
+            | Command::Dlq(_)
+            | Command::Status(_)
+            | Command::Logs(_)
+            | Command::LogLevel(_)
+    ) && cli.global.log.is_none()
+    {
         cli.global.log = Some("warn".into());
     }
     let up_args = match &cli.command {
@@ -48,6 +56,12 @@ async fn main() -> ExitCode {
         Command::Decode => app::decode_stdio(),
         Command::Events(EventsCommand::Tail(args)) => bus::tail::run(config, args).await,
         Command::Flows(command) => switchyard::data::flow::cli::run(config, command).await,
+        Command::Dlq(command) => {
+            switchyard::resilience::deadletter::cli::run(config, command).await
+        }
+        Command::Status(args) => switchyard::system::monitor::cli(config, args.json).await,
+        Command::Logs(args) => observability::logs_cli::logs(config, args).await,
+        Command::LogLevel(args) => observability::logs_cli::log_level(config, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

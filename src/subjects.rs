@@ -24,8 +24,20 @@ pub const DATA_CONFIRM: &str = "data.confirm.<source>";
 pub const CACHE: &str = "cache.<get|put|del>.<namespace>.<key>";
 /// Durable task work items, captured by the work-queue stream `TASKS`.
 pub const TASKS_WORK: &str = "tasks.work.<service>.<operation>";
+/// Task submission, request-reply: answers `{id, state}` at once (tasks component).
+pub const TASKS_SUBMIT: &str = "tasks.submit.<service>.<operation>";
+/// A task's state and result, request-reply (tasks component).
+pub const TASKS_GET: &str = "tasks.get.<id>";
+/// Cancels a task that has not finished, request-reply (tasks component).
+pub const TASKS_CANCEL: &str = "tasks.cancel.<id>";
+/// A task's state changes (progress and the result), core NATS, not stored.
+pub const TASKS_EVENTS: &str = "tasks.events.<id>";
 /// Dead letters, captured by stream `DLQ`.
 pub const DLQ: &str = "dlq.<original subject>";
+/// The server's advisories that a consumer gave up on a message, captured by stream
+/// `DLQ_ADVISORIES` and turned into dead letters by the `deadletter` component.
+pub const DLQ_ADVISORIES: &str =
+    "$JS.EVENT.ADVISORY.CONSUMER.<MAX_DELIVERIES|MSG_TERMINATED>.<stream>.<consumer>";
 /// Error records per component, captured by stream `ERRORS`.
 pub const ERRORS: &str = "errors.<component>";
 /// Logs per level and component, captured by stream `LOGS`.
@@ -37,6 +49,25 @@ pub const ALERTS: &str = "alerts.<severity>.<rule>";
 pub const SYS_PING: &str = "sys.ping";
 /// Decodes an envelope and answers it back in the caller's codec (queue group).
 pub const SYS_ECHO: &str = "sys.echo";
+
+/// Who leads the coordinators now (the lease in KV `coord`), request-reply.
+pub const SYS_COORD_LEADER: &str = "sys.coord.leader";
+/// Every instance answers (no queue group) with its log filter, or changes it.
+pub const SYS_LOG_LEVEL: &str = "sys.log.level";
+/// A command to every gateway instance: open the breaker for `<service>` now.
+pub const SYS_GATEWAY_BREAKER: &str = "sys.gateway.breaker.<service>";
+/// The system monitor's status document (JSON), request-reply.
+pub const SYS_STATUS: &str = "sys.status";
+/// Coordination rules over request-reply: `sys.coord.rules.<list|get|put|del>[.<name>]`.
+pub const SYS_COORD_RULES: &str = "sys.coord.rules.<list|get|put|del>[.<name>]";
+/// Health changes of service instances, published by the leading coordinator.
+pub const EVENTS_HEALTH: &str = "events.sys.health.changed";
+/// Actions the leading coordinator took: `events.sys.action.<action>`.
+pub const EVENTS_ACTION: &str = "events.sys.action.<drain|deregister|open_breaker|alert|publish>";
+/// Leadership changes: `events.sys.coordinator.<elected|stepped_down>`.
+pub const EVENTS_COORDINATOR: &str = "events.sys.coordinator.<elected|stepped_down>";
+/// A gateway instance's circuit breaker for a service opened or closed.
+pub const EVENTS_BREAKER: &str = "events.sys.breaker.<opened|closed>";
 
 /// Every registered service instance (registry component).
 pub const SYS_REGISTRY_LIST: &str = "sys.registry.list";
@@ -78,6 +109,15 @@ pub const STREAM_DLQ: StreamName = StreamName {
     name: "DLQ",
     subjects: &["dlq.>"],
 };
+/// Kept until the `deadletter` component has read them, so no advisory is lost while
+/// no instance runs (a core subscription would miss them).
+pub const STREAM_DLQ_ADVISORIES: StreamName = StreamName {
+    name: "DLQ_ADVISORIES",
+    subjects: &[
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
+        "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>",
+    ],
+};
 pub const STREAM_ERRORS: StreamName = StreamName {
     name: "ERRORS",
     subjects: &["errors.>"],
@@ -92,11 +132,12 @@ pub const STREAM_ALERTS: StreamName = StreamName {
 };
 
 /// Every stream, in the order `up` provisions them.
-pub const STREAMS: [StreamName; 7] = [
+pub const STREAMS: [StreamName; 8] = [
     STREAM_EVENTS,
     STREAM_DATA,
     STREAM_TASKS,
     STREAM_DLQ,
+    STREAM_DLQ_ADVISORIES,
     STREAM_ERRORS,
     STREAM_LOGS,
     STREAM_ALERTS,
@@ -144,6 +185,9 @@ pub mod headers {
     /// The caller's remaining time budget in milliseconds. The gateway forwards with
     /// min(budget, the service's policy timeout) and sets it to what is left.
     pub const TIMEOUT_MS: &str = "Switchyard-Timeout-Ms";
+    /// On a gateway reply that a fallback gave instead of the service:
+    /// `service:<name>`, `cache` or `static`.
+    pub const FALLBACK: &str = "Switchyard-Fallback";
     /// On a record delivered to a target: the id an idempotent target de-duplicates
     /// on, the same on every redelivery (`<record id>`).
     pub const DELIVERY_ID: &str = "Switchyard-Delivery-Id";
@@ -161,6 +205,15 @@ pub mod headers {
     pub const DLQ_CODE: &str = "Switchyard-Dlq-Code";
     pub const DLQ_COMPONENT: &str = "Switchyard-Dlq-Component";
     pub const DLQ_DELIVERIES: &str = "Switchyard-Dlq-Deliveries";
+    /// On dead letters: the JetStream consumer that gave up, and the times of the
+    /// first and the last failed delivery (RFC 3339).
+    pub const DLQ_CONSUMER: &str = "Switchyard-Dlq-Consumer";
+    pub const DLQ_FIRST_FAILURE: &str = "Switchyard-Dlq-First-Failure";
+    pub const DLQ_LAST_FAILURE: &str = "Switchyard-Dlq-Last-Failure";
+    /// On a replayed dead letter: the entry it came from, `DLQ:<seq>`.
+    pub const REPLAYED_FROM: &str = "Switchyard-Replayed-From";
+    /// On task work items and task events: the task id (UUID v7, the key in KV `tasks`).
+    pub const TASK_ID: &str = "Switchyard-Task-Id";
 
     /// Every header above, for the subjects.md contract test.
     pub const ALL: &[&str] = &[
@@ -179,6 +232,7 @@ pub mod headers {
         SERVICE_ERROR,
         SERVICE_ERROR_CODE,
         TIMEOUT_MS,
+        FALLBACK,
         DELIVERY_ID,
         RECORD_KEY,
         TARGET,
@@ -188,6 +242,11 @@ pub mod headers {
         DLQ_CODE,
         DLQ_COMPONENT,
         DLQ_DELIVERIES,
+        DLQ_CONSUMER,
+        DLQ_FIRST_FAILURE,
+        DLQ_LAST_FAILURE,
+        REPLAYED_FROM,
+        TASK_ID,
     ];
 }
 
@@ -203,7 +262,12 @@ pub const ALL_SUBJECTS: &[&str] = &[
     DATA_CONFIRM,
     CACHE,
     TASKS_WORK,
+    TASKS_SUBMIT,
+    TASKS_GET,
+    TASKS_CANCEL,
+    TASKS_EVENTS,
     DLQ,
+    DLQ_ADVISORIES,
     ERRORS,
     LOGS,
     ALERTS,
@@ -211,6 +275,15 @@ pub const ALL_SUBJECTS: &[&str] = &[
     SYS_ECHO,
     SYS_REGISTRY_LIST,
     SYS_REGISTRY_GET,
+    SYS_COORD_LEADER,
+    SYS_COORD_RULES,
+    SYS_STATUS,
+    SYS_GATEWAY_BREAKER,
+    SYS_LOG_LEVEL,
+    EVENTS_COORDINATOR,
+    EVENTS_BREAKER,
+    EVENTS_HEALTH,
+    EVENTS_ACTION,
 ];
 
 /// Checks one subject token supplied by a caller (a service, operation, domain or
@@ -276,16 +349,68 @@ pub fn sync_consumer(target: &str) -> Result<String, Error> {
     Ok(format!("sync-{target}"))
 }
 
+/// `tasks.work.<service>.<operation>`
+pub fn tasks_work(service: &str, operation: &str) -> Result<String, Error> {
+    join(
+        "tasks.work",
+        &[("service", service), ("operation", operation)],
+    )
+}
+
+/// `tasks.submit.<service>.<operation>`
+pub fn tasks_submit(service: &str, operation: &str) -> Result<String, Error> {
+    join(
+        "tasks.submit",
+        &[("service", service), ("operation", operation)],
+    )
+}
+
+/// `tasks.get.<id>`
+pub fn tasks_get(id: &str) -> Result<String, Error> {
+    join("tasks.get", &[("task id", id)])
+}
+
+/// `tasks.cancel.<id>`
+pub fn tasks_cancel(id: &str) -> Result<String, Error> {
+    join("tasks.cancel", &[("task id", id)])
+}
+
+/// `tasks.events.<id>`
+pub fn tasks_events(id: &str) -> Result<String, Error> {
+    join("tasks.events", &[("task id", id)])
+}
+
+/// Durable consumer on stream `TASKS` (filter `tasks.work.<service>.>`) shared by every
+/// instance of one SDK service: `tasks-<service>`. A work-queue stream needs
+/// non-overlapping filters, hence one consumer per service, not per instance.
+pub fn tasks_consumer(service: &str) -> Result<String, Error> {
+    validate_token("service", service)?;
+    Ok(format!("tasks-{service}"))
+}
+
 /// Prefixes of the keys in KV `policies` that are not a service's gateway policy:
 /// `sync.<target>` (data sync) and `cache.<namespace>` (data cache).
 pub const POLICY_SYNC_PREFIX: &str = "sync.";
 pub const POLICY_CACHE_PREFIX: &str = "cache.";
+/// Health rule overrides per service in KV `policies`: `health.<service>`.
+pub const POLICY_HEALTH_PREFIX: &str = "health.";
+
+/// Durable consumer of the `deadletter` component on stream `DLQ_ADVISORIES`.
+pub const DEADLETTER_CONSUMER: &str = "deadletter";
 
 /// `dlq.<original subject>`: the original subject is kept whole so a redrive knows
-/// where the message came from.
+/// where the message came from. Any subject a message was published on is accepted
+/// (`$KV.b.k=1` too): tokens of printable ASCII, no wildcards.
 pub fn dlq(original: &str) -> Result<String, Error> {
-    for token in original.split('.') {
-        validate_token("subject token", token)?;
+    let literal = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+    };
+    if !original.split('.').all(literal) {
+        return Err(Error::invalid_input(format!(
+            "invalid original subject {original:?}: tokens of printable ASCII, no wildcards"
+        )));
     }
     Ok(format!("dlq.{original}"))
 }

@@ -92,3 +92,27 @@ fn bench_sync_compares_flow_and_sync_with_the_hand_written_pipeline_and_loses_no
     let hit = &report["cache"]["get_local_hit"];
     assert!(hit["median_ns"].as_u64().unwrap() > 0, "{report}");
 }
+
+#[test]
+fn bench_tasks_compares_durable_tasks_with_the_hand_written_work_queue_and_loses_nothing() {
+    let report = bench_json(&["bench", "tasks", "--json", "--duration", "300ms"]);
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{report}");
+    for row in rows {
+        assert!(row["tasks_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        let submitted = row["submitted"].as_u64().unwrap();
+        assert!(submitted > 0, "{row}");
+        // Every accepted task completed; fewer would be a loss.
+        assert!(
+            row["completed"].as_u64().unwrap() >= submitted,
+            "lost: {row}"
+        );
+        assert!(
+            row["p99_us"].as_u64().unwrap() >= row["p50_us"].as_u64().unwrap(),
+            "{row}"
+        );
+        assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // A verdict, not an assertion on timing.
+    assert!(report["target_met"].is_boolean(), "{report}");
+}

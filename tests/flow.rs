@@ -438,6 +438,26 @@ async fn unrouted_records_are_copied_once_and_malformed_ones_dead_lettered() {
     }
     assert!(routed.seq > 0);
 
+    // The error logger: each malformed record is an error event on errors.flow.
+    let errors = common::until("two error records on errors.flow", WAIT, || async {
+        let errors = stored_on(&js, "ERRORS", "errors.flow").await;
+        (errors.len() >= 2).then_some(errors)
+    })
+    .await;
+    let mut kinds: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            assert!(header(e, h::CE_TYPE).is_some_and(|t| t.starts_with("io.switchyard.error.")));
+            let record: switchyard::resilience::errorlog::ErrorRecord =
+                serde_json::from_slice(&e.payload).unwrap();
+            assert_eq!(record.component, "flow");
+            assert_eq!(record.subject.as_deref(), Some("data.in.orders.eu"));
+            record.kind.to_string()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["invalid_input", "unsupported_media_type"]);
+
     // Other tests of this binary count too: at least these.
     let rendered = metrics.render();
     for (outcome, at_least) in [("routed", 1.0), ("unrouted", 1.0), ("malformed", 2.0)] {

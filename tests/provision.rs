@@ -17,7 +17,8 @@ async fn creates_then_leaves_alone_then_updates_what_changed() {
     };
 
     let first = provision::provision(&js, &config).await.unwrap();
-    assert_eq!(first.changes.len(), 13);
+    let names = switchyard::subjects::STREAMS.len() + switchyard::subjects::BUCKETS.len();
+    assert_eq!(first.changes.len(), names);
     assert!(
         first.changes.iter().all(|(_, c)| *c == Change::Created),
         "{first:?}"

@@ -9,7 +9,7 @@
 //! headers, as the gateway does, so every path delivers the same reply). For each
 //! payload (a JSON string, byte-identical on every path) and concurrency, direct, relay
 //! and gateway run back to back from the callers' shared connection. Then batches of
-//! cached registry lookups, exactly as the gateway makes one per request, are timed.
+//! the gateway's per-request lookups (registry route, service guard) are timed.
 
 mod report;
 
@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::integration::gateway::GatewayComponent;
 use crate::integration::gateway::forward::reply_code;
+use crate::integration::gateway::guard::Policies;
 use crate::integration::registry::{Lookup, view::RegistryView};
 use crate::sdk::RunningService;
 
@@ -209,17 +210,24 @@ async fn lookup_cost(client: &Client) -> Result<LookupCost, Error> {
     timed
 }
 
-/// The registry part of what the gateway does per request (`Forwarder::try_forward`):
-/// the service's lookup, then whether it serves the operation.
-fn lookup_once(view: &RegistryView, service: &str, operation: &str) -> (Lookup, bool) {
-    let lookup = view.lookup(service);
-    let serves = lookup != Lookup::Unknown && view.serves(service, operation);
-    (lookup, serves)
+/// The lookups the gateway makes per request (`Forwarder::try_forward`): the route in
+/// the registry view (the service's instances, and whether one serves the operation),
+/// then the service's guard (timeout, retry budget, breaker) among the policies.
+fn lookup_once(
+    view: &RegistryView,
+    policies: &Policies,
+    service: &str,
+    operation: &str,
+) -> (Lookup, bool) {
+    let route = view.route(service, operation);
+    black_box(policies.guard(service));
+    route
 }
 
 fn time_lookups(view: &RegistryView) -> Result<LookupCost, Error> {
+    let policies = Policies::fixed(Duration::from_secs(5));
     if !matches!(
-        lookup_once(view, SERVICE, OPERATION),
+        lookup_once(view, &policies, SERVICE, OPERATION),
         (Lookup::Live(_), true)
     ) {
         return Err(Error::internal(
@@ -230,14 +238,19 @@ fn time_lookups(view: &RegistryView) -> Result<LookupCost, Error> {
         .map(|_| {
             let started = Instant::now();
             for _ in 0..LOOKUP_BATCH {
-                black_box(lookup_once(view, black_box(SERVICE), black_box(OPERATION)));
+                black_box(lookup_once(
+                    view,
+                    &policies,
+                    black_box(SERVICE),
+                    black_box(OPERATION),
+                ));
             }
             started.elapsed().as_nanos() as f64 / LOOKUP_BATCH as f64
         })
         .collect();
     per_call.sort_by(f64::total_cmp);
     Ok(LookupCost {
-        call: "RegistryView::lookup + serves, as the gateway per request",
+        call: "RegistryView::route + Policies::guard, as the gateway per request",
         batches: LOOKUP_BATCHES,
         calls_per_batch: LOOKUP_BATCH,
         median_ns: quantile(&per_call, 0.5),

@@ -10,6 +10,8 @@
 //! `switchyard bench gateway` ([`gateway`]) measures the API gateway against the bare
 //! relay and a direct request to the SDK's echo service, in one run. `switchyard bench
 //! cache` ([`cache`]) times the data cache's hit path, read-through and write-through.
+//! `switchyard bench tasks` ([`tasks`]) measures durable tasks against the thinnest
+//! hand-written work queue, in one run.
 //!
 //! Each scenario warms up, then runs for `--duration` with N tasks that each record
 //! per-operation latency in their own histogram (merged at the end). `nats bench` runs
@@ -25,6 +27,7 @@ mod scenarios;
 mod server;
 pub mod sync;
 mod table;
+pub mod tasks;
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -105,6 +108,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
         BenchSuite::Gateway => gateway::STEPS,
         BenchSuite::Cache => cache::STEPS,
         BenchSuite::Sync => sync::STEPS,
+        BenchSuite::Tasks => tasks::STEPS,
     };
     let progress = progress_bar(total, args.json);
     let output = match args.suite {
@@ -120,6 +124,9 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
         BenchSuite::Sync => sync::bench(&config, embedded, timing, &url, label, &progress)
             .await
             .and_then(|report| render(&report, args.json, sync::render_table)),
+        BenchSuite::Tasks => tasks::bench(&config, embedded, timing, &url, label, &progress)
+            .await
+            .and_then(|report| render(&report, args.json, tasks::render_table)),
     };
     progress.finish_and_clear();
     if let Some(server) = server.as_mut() {

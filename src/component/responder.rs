@@ -4,6 +4,7 @@
 //! time it, and drain on shutdown so no accepted request goes unanswered. The loop
 //! itself is [`serve_messages`], for endpoints that handle raw messages (the gateway).
 
+use crate::resilience::errorlog::Where;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -199,11 +200,26 @@ async fn handle<H, Fut>(
         return;
     };
     let headers = message.headers.clone().unwrap_or_default();
+    let failed = |err: &Error, traceparent: Option<&str>| {
+        tracing::debug!(component, endpoint = endpoint.name, code = err.code(), %err, "answered with an error");
+        ctx.errors.report(
+            component,
+            err,
+            Where {
+                subject: Some(message.subject.as_str()),
+                traceparent,
+                ..Where::default()
+            },
+        );
+    };
     let (outgoing, code) = match Meta::from_headers(Some(&headers), endpoint.request_type) {
-        Err(err) => (
-            error_reply(&Meta::unreadable(Some(&headers)), endpoint, &err),
-            err.code(),
-        ),
+        Err(err) => {
+            failed(&err, None);
+            (
+                error_reply(&Meta::unreadable(Some(&headers)), endpoint, &err),
+                err.code(),
+            )
+        }
         Ok(meta) => {
             let request = Request {
                 subject: message.subject.clone(),
@@ -215,7 +231,10 @@ async fn handle<H, Fut>(
             let reply = handler(request).await;
             match reply.and_then(|reply| reply.data.map(|payload| (payload, reply.raw))) {
                 Ok((payload, raw)) => success_reply(ctx, &meta, endpoint, payload, raw),
-                Err(err) => (error_reply(&meta, endpoint, &err), err.code()),
+                Err(err) => {
+                    failed(&err, Some(&meta.traceparent));
+                    (error_reply(&meta, endpoint, &err), err.code())
+                }
             }
         }
     };

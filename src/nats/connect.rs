@@ -3,14 +3,27 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
 
 use super::embedded::check_version;
 use crate::error::Error;
 
+/// The servers of `url`: one URL, or several separated by commas (the nodes of a
+/// cluster; the client picks one and fails over to the others).
+pub fn server_addrs(url: &str) -> Result<Vec<ServerAddr>, Error> {
+    url.split(',')
+        .map(|one| {
+            one.trim()
+                .parse::<ServerAddr>()
+                .map_err(|e| Error::invalid_input(format!("invalid NATS URL {one:?}: {e}")))
+        })
+        .collect()
+}
+
 /// Connects (failing clearly when nobody is there) and checks the server version.
 /// After the first connection the client reconnects forever, buffering publishes.
 pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
+    let servers = server_addrs(url)?;
     let client = ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
@@ -23,7 +36,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
                 other => tracing::info!(event = %other, "NATS event"),
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|e| Error::unavailable(format!("cannot connect to NATS at {url}: {e}")))?;
     let info = client.server_info();

@@ -60,6 +60,12 @@ fn default_stream(stream: StreamName) -> (RetentionPolicy, Duration, i64, &'stat
             512 * MIB,
             "Dead letters: dlq.<original subject>",
         ),
+        "DLQ_ADVISORIES" => (
+            Limits,
+            7 * DAY,
+            64 * MIB,
+            "Consumer advisories (max deliveries, terminated) for the DLQ",
+        ),
         "ERRORS" => (Limits, 7 * DAY, 256 * MIB, "Error records per component"),
         "LOGS" => (Limits, 3 * DAY, 256 * MIB, "Logs per level and component"),
         _ => (Limits, 30 * DAY, 64 * MIB, "Alerts firing and resolving"),
@@ -142,7 +148,20 @@ pub async fn provision(js: &JetStream, config: &JetStreamConfig) -> Result<Provi
     unreachable!("the loop returns on its last attempt")
 }
 
+/// The replicas to use: as configured, or (0) three on a cluster and one alone.
+pub fn replicas(js: &JetStream, config: &JetStreamConfig) -> usize {
+    match config.replicas {
+        0 if js.client().server_info().cluster.is_some() => 3,
+        0 => 1,
+        n => n,
+    }
+}
+
 async fn provision_once(js: &JetStream, config: &JetStreamConfig) -> Result<Provisioned, Error> {
+    let config = &JetStreamConfig {
+        replicas: replicas(js, config),
+        ..config.clone()
+    };
     let mut done = Provisioned::default();
     for wanted in stream_configs(config) {
         let change = ensure_stream(js, wanted.clone()).await?;

@@ -21,6 +21,18 @@ pub const COMPONENT_UP: &str = "switchyard_component_up";
 pub const GATEWAY_REQUESTS_TOTAL: &str = "switchyard_gateway_requests_total";
 /// Gateway request latency; labels `service`, `operation`.
 pub const GATEWAY_REQUEST_DURATION_SECONDS: &str = "switchyard_gateway_request_duration_seconds";
+/// Retries the gateway made (attempts after the first); label `service`.
+pub const GATEWAY_RETRIES_TOTAL: &str = "switchyard_gateway_retries_total";
+/// Retries the gateway would have made but the service's retry budget refused; label
+/// `service`.
+pub const GATEWAY_RETRY_BUDGET_EXHAUSTED_TOTAL: &str =
+    "switchyard_gateway_retry_budget_exhausted_total";
+/// A service's circuit breaker: 0 closed, 1 half-open, 2 open; label `service`.
+pub const GATEWAY_BREAKER_STATE: &str = "switchyard_gateway_breaker_state";
+/// Breaker state changes; labels `service`, `to` (closed, half_open, open).
+pub const GATEWAY_BREAKER_TRANSITIONS_TOTAL: &str = "switchyard_gateway_breaker_transitions_total";
+/// Replies a fallback gave; labels `service`, `kind` (service, cache, static).
+pub const GATEWAY_FALLBACKS_TOTAL: &str = "switchyard_gateway_fallbacks_total";
 /// Events received by bus subscriptions; labels `mode` (ephemeral, durable) and
 /// `outcome` (decoded, malformed).
 pub const BUS_EVENTS_RECEIVED_TOTAL: &str = "switchyard_bus_events_received_total";
@@ -32,11 +44,38 @@ pub const SDK_REQUEST_DURATION_SECONDS: &str = "switchyard_sdk_request_duration_
 
 /// Messages given up on and stored in stream `DLQ`; labels `component`, `kind`.
 pub const DEAD_LETTERS_TOTAL: &str = "switchyard_dead_letters_total";
+/// Consumer advisories the `deadletter` component read; label `outcome` (stored, gone:
+/// stored without the original, skipped: the consumer dead-letters itself, malformed,
+/// failed: could not be stored and retrying cannot help).
+pub const DEADLETTER_ADVISORIES_TOTAL: &str = "switchyard_deadletter_advisories_total";
 
+/// Firing incidents per alert rule (exported by the leading coordinator); labels
+/// `rule`, `severity`.
+pub const ALERTS_FIRING: &str = "switchyard_alerts_firing";
+/// Log records published to `logs.<level>.<component>`; label `level`.
+pub const LOGS_PUBLISHED_TOTAL: &str = "switchyard_logs_published_total";
+/// Log records left on stderr only (queue full, over the rate limit, too large).
+pub const LOGS_DROPPED_TOTAL: &str = "switchyard_logs_dropped_total";
 /// Errors reported to the error logger; labels `component`, `kind`.
 pub const ERRORS_TOTAL: &str = "switchyard_errors_total";
 /// Error records the error logger could not queue (errors faster than it publishes).
 pub const ERROR_LOG_DROPPED_TOTAL: &str = "switchyard_error_log_dropped_total";
+
+/// 1 while this instance leads the coordinators, else 0.
+pub const COORDINATOR_LEADER: &str = "switchyard_coordinator_leader";
+/// Coordination rules written to KV `coord` that the live view refused.
+pub const COORDINATOR_RULES_REJECTED_TOTAL: &str = "switchyard_coordinator_rules_rejected_total";
+/// Monitor gauges (every instance running the monitor exports the same values; use
+/// `max` across instances): instances by `service` and `health`; messages per `stream`;
+/// per `stream` and `consumer`: pending, ack pending, redelivered; the DLQ's depth.
+pub const MONITOR_INSTANCES: &str = "switchyard_monitor_instances";
+pub const MONITOR_STREAM_MESSAGES: &str = "switchyard_monitor_stream_messages";
+pub const MONITOR_CONSUMER_PENDING: &str = "switchyard_monitor_consumer_pending";
+pub const MONITOR_CONSUMER_ACK_PENDING: &str = "switchyard_monitor_consumer_ack_pending";
+pub const MONITOR_CONSUMER_REDELIVERED: &str = "switchyard_monitor_consumer_redelivered";
+pub const MONITOR_DLQ_DEPTH: &str = "switchyard_monitor_dlq_depth";
+/// Health changes of service instances; label `to` (healthy, degraded, unhealthy).
+pub const HEALTH_CHANGES_TOTAL: &str = "switchyard_health_changes_total";
 
 /// Records the flow component read from stream DATA; label `outcome` (routed,
 /// unrouted, malformed).
@@ -55,6 +94,13 @@ pub const SYNC_DELIVERY_DURATION_SECONDS: &str = "switchyard_sync_delivery_durat
 pub const SYNC_SKIPPED_TOTAL: &str = "switchyard_sync_records_skipped_total";
 /// Targets this instance delivers.
 pub const SYNC_WORKERS: &str = "switchyard_sync_workers";
+
+/// Tasks reaching a state; labels `service`, `operation`, `state` (submitted, working,
+/// completed, failed, canceled).
+pub const TASKS_TRANSITIONS_TOTAL: &str = "switchyard_tasks_transitions_total";
+/// How long a task's handler ran, per attempt (completed, failed or retried); labels
+/// `service`, `operation`.
+pub const TASKS_RUN_DURATION_SECONDS: &str = "switchyard_tasks_run_duration_seconds";
 
 /// Latency buckets from 100 µs to 30 s: request-reply on loopback is sub-millisecond,
 /// agent steps take seconds.
@@ -160,6 +206,53 @@ impl GatewayMetrics {
     }
 }
 
+/// One service's retry, budget, breaker and fallback handles, taken once when the
+/// gateway first routes to the (registered) service, so counting is an atomic add.
+pub struct GatewayResilienceMetrics {
+    pub retries: metrics::Counter,
+    pub budget_exhausted: metrics::Counter,
+    pub breaker_state: metrics::Gauge,
+    /// By the state moved to: closed, half-open, open (the gauge's values).
+    transitions: [metrics::Counter; 3],
+    /// By kind: service, cache, static.
+    fallbacks: [metrics::Counter; 3],
+}
+
+impl GatewayResilienceMetrics {
+    pub fn new(service: &str) -> GatewayResilienceMetrics {
+        let s = || service.to_string();
+        let to = |to: &'static str| metrics::counter!(GATEWAY_BREAKER_TRANSITIONS_TOTAL, "service" => s(), "to" => to);
+        let kind = |kind: &'static str| metrics::counter!(GATEWAY_FALLBACKS_TOTAL, "service" => s(), "kind" => kind);
+        let state = metrics::gauge!(GATEWAY_BREAKER_STATE, "service" => s());
+        state.set(0.0);
+        GatewayResilienceMetrics {
+            retries: metrics::counter!(GATEWAY_RETRIES_TOTAL, "service" => s()),
+            budget_exhausted: metrics::counter!(GATEWAY_RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => s()),
+            breaker_state: state,
+            transitions: [to("closed"), to("half_open"), to("open")],
+            fallbacks: [kind("service"), kind("cache"), kind("static")],
+        }
+    }
+
+    /// The breaker moved to `state` (0 closed, 1 half-open, 2 open).
+    pub fn breaker_moved(&self, state: u8) {
+        self.breaker_state.set(f64::from(state));
+        if let Some(counter) = self.transitions.get(usize::from(state)) {
+            counter.increment(1);
+        }
+    }
+
+    /// A fallback of `kind` (service, cache, static) answered.
+    pub fn fell_back(&self, kind: &str) {
+        let index = ["service", "cache", "static"]
+            .iter()
+            .position(|k| *k == kind);
+        if let Some(counter) = index.and_then(|i| self.fallbacks.get(i)) {
+            counter.increment(1);
+        }
+    }
+}
+
 /// Mirrors the NATS client's connection and traffic counters into gauges.
 pub fn record_nats(client: &async_nats::Client) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -178,10 +271,97 @@ pub fn upkeep() {
     }
 }
 
+/// Counts one task reaching `state`.
+pub fn task_transition(service: &str, operation: &str, state: &'static str) {
+    metrics::counter!(TASKS_TRANSITIONS_TOTAL, "service" => service.to_string(), "operation" => operation.to_string(), "state" => state)
+        .increment(1);
+}
+
+/// Records one run of a task's handler.
+pub fn task_run(service: &str, operation: &str, elapsed: Duration) {
+    metrics::histogram!(TASKS_RUN_DURATION_SECONDS, "service" => service.to_string(), "operation" => operation.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
 /// Counts one dead letter.
 pub fn dead_letter(component: &'static str, kind: crate::error::ErrorKind) {
     metrics::counter!(DEAD_LETTERS_TOTAL, "component" => component, "kind" => kind.as_str())
         .increment(1);
+}
+
+/// The monitor's figures as gauges: instances by service and health, stream messages,
+/// consumer pending / ack pending / redelivered, DLQ depth.
+pub fn system_status(status: &crate::system::monitor::status::Status) {
+    use crate::integration::registry::Health;
+    for (service, s) in &status.services {
+        for health in [
+            Health::Healthy,
+            Health::Degraded,
+            Health::Unhealthy,
+            Health::Draining,
+        ] {
+            let count = s.instances.iter().filter(|i| i.health == health).count();
+            let label = format!("{health:?}").to_lowercase();
+            metrics::gauge!(MONITOR_INSTANCES, "service" => service.clone(), "health" => label)
+                .set(count as f64);
+        }
+    }
+    for stream in &status.streams {
+        metrics::gauge!(MONITOR_STREAM_MESSAGES, "stream" => stream.name.clone())
+            .set(stream.messages as f64);
+        for c in &stream.consumers {
+            let labels = [
+                ("stream", stream.name.clone()),
+                ("consumer", c.name.clone()),
+            ];
+            metrics::gauge!(MONITOR_CONSUMER_PENDING, &labels).set(c.pending as f64);
+            metrics::gauge!(MONITOR_CONSUMER_ACK_PENDING, &labels).set(c.ack_pending as f64);
+            metrics::gauge!(MONITOR_CONSUMER_REDELIVERED, &labels).set(c.redelivered as f64);
+        }
+    }
+    metrics::gauge!(MONITOR_DLQ_DEPTH).set(status.dlq_depth as f64);
+}
+
+/// Counts a coordination rule refused by the live view.
+pub fn coordinator_rule_rejected() {
+    metrics::counter!(COORDINATOR_RULES_REJECTED_TOTAL).increment(1);
+}
+
+/// Counts one health change by the state entered.
+pub fn health_changed(to: crate::integration::registry::Health) {
+    let to = match to {
+        crate::integration::registry::Health::Healthy => "healthy",
+        crate::integration::registry::Health::Degraded => "degraded",
+        crate::integration::registry::Health::Unhealthy => "unhealthy",
+        crate::integration::registry::Health::Draining => "draining",
+    };
+    metrics::counter!(HEALTH_CHANGES_TOTAL, "to" => to).increment(1);
+}
+
+/// Whether this instance leads the coordinators.
+pub fn coordinator_leader(leading: bool) {
+    metrics::gauge!(COORDINATOR_LEADER).set(if leading { 1.0 } else { 0.0 });
+}
+
+/// Counts one consumer advisory read by the `deadletter` component.
+pub fn deadletter_advisory(outcome: &'static str) {
+    metrics::counter!(DEADLETTER_ADVISORIES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Firing incidents of one alert rule.
+pub fn alerts_firing(rule: &str, severity: &str, count: usize) {
+    metrics::gauge!(ALERTS_FIRING, "rule" => rule.to_string(), "severity" => severity.to_string())
+        .set(count as f64);
+}
+
+/// Counts a log record published on `logs.<level>.<component>`.
+pub fn log_published(level: &str) {
+    metrics::counter!(LOGS_PUBLISHED_TOTAL, "level" => level.to_string()).increment(1);
+}
+
+/// Counts a log record not published (queue full, over the rate, too large).
+pub fn log_dropped() {
+    metrics::counter!(LOGS_DROPPED_TOTAL).increment(1);
 }
 
 /// Counts one reported error.
@@ -271,5 +451,52 @@ impl CacheMetrics {
         if let Some(i) = CACHE_EVICTION_CAUSES.iter().position(|c| *c == cause) {
             self.evictions[i].increment(1);
         }
+    }
+}
+
+/// Resident memory of this process (Linux: `/proc/self/statm`).
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "switchyard_process_resident_memory_bytes";
+/// CPU time, user plus system, this process used (Linux: `/proc/self/stat`). A gauge
+/// holding a monotonic value: `metrics` counters are integers and CPU time needs
+/// fractions of a second; `rate()` reads it like a counter.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "switchyard_process_cpu_seconds_total";
+/// Open file descriptors of this process (Linux: `/proc/self/fd`).
+pub const PROCESS_OPEN_FDS: &str = "switchyard_process_open_fds";
+
+/// Samples this process's memory, CPU time and open files, on every `/metrics` scrape:
+/// metrics-exporter-prometheus has no process collector. Where `/proc` is missing the
+/// gauges are simply not set.
+pub fn record_process() {
+    // SAFETY: sysconf only reads system constants.
+    let (page, ticks) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PAGESIZE),
+            libc::sysconf(libc::_SC_CLK_TCK),
+        )
+    };
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    if let Some(pages) = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<f64>().ok())
+        && page > 0
+    {
+        metrics::gauge!(PROCESS_RESIDENT_MEMORY_BYTES).set(pages * page as f64);
+    }
+    // Fields after the command name (which may hold spaces) in parentheses: utime and
+    // stime, fields 14 and 15 of stat(5), are the 12th and 13th after the `)`.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let times: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    if times.len() == 2 && ticks > 0 {
+        metrics::gauge!(PROCESS_CPU_SECONDS_TOTAL).set((times[0] + times[1]) / ticks as f64);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(PROCESS_OPEN_FDS).set(fds.count() as f64);
     }
 }

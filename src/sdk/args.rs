@@ -7,7 +7,7 @@ use super::Service;
 use crate::cli::{LogFormat, parse_duration};
 use crate::error::Error;
 
-/// `--nats`, `--heartbeat` and `--log`, each with its env fallback. Flatten it into a
+/// `--nats`, `--heartbeat`, `--task-ack-wait` and `--log`, each with its env fallback. Flatten it into a
 /// program's own clap arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
@@ -17,6 +17,9 @@ pub struct ServiceArgs {
     /// Registry heartbeat; the entry expires after three missed beats.
     #[arg(long, env = "SWITCHYARD_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat: Duration,
+    /// How long a task may go without a sign of life before another instance gets it.
+    #[arg(long, env = "SWITCHYARD_TASK_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub task_ack_wait: Duration,
     /// Log filter in tracing's EnvFilter syntax.
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,
@@ -27,6 +30,10 @@ impl ServiceArgs {
     pub async fn run(self, service: Service) -> Result<(), Error> {
         crate::observability::logging::init(&self.log, LogFormat::Text);
         let client = crate::nats::connect(&self.nats, service.name()).await?;
-        service.heartbeat(self.heartbeat).run(&client).await
+        service
+            .heartbeat(self.heartbeat)
+            .task_ack_wait(self.task_ack_wait)
+            .run(&client)
+            .await
     }
 }

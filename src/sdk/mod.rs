@@ -29,13 +29,25 @@
 //!   `Nats-Service-Error-Code` (its kind's code); so do a malformed payload (400), an
 //!   unknown content type (415), an answer larger than the server's `max_payload`
 //!   (413) and a panicking handler (500). Micro counts them as endpoint errors.
+//! - Each operation also runs as a durable task: `tasks.submit.<service>.<operation>`
+//!   (the `tasks` component) answers with a task id, and the instances of the service
+//!   pull the work from stream `TASKS` and record the outcome in KV `tasks`
+//!   ([`tasks`], [`task_run`]): in-progress acks while the handler runs, exactly one
+//!   outcome recorded per task even when a killed instance's task is redelivered.
+//! - Each instance follows its service's health in the registry and leaves the queue
+//!   group while another instance should serve instead (drained, unhealthy or
+//!   degraded; see `routing`).
 //! - Each instance registers in the registry under `<service>.<micro id>`, heartbeats,
 //!   and deregisters on a graceful stop ([`RunningService::stop`]); an instance that
 //!   dies stops heartbeating and its entry expires after three intervals.
 
 mod args;
 mod handler;
+mod routing;
 mod running;
+mod serving;
+mod task_run;
+mod tasks;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -47,6 +59,9 @@ use serde::de::DeserializeOwned;
 
 pub use self::args::ServiceArgs;
 pub use self::running::{RunningService, StopReport};
+pub use self::tasks::{
+    DEFAULT_TASK_ACK_WAIT, DEFAULT_TASK_CONCURRENCY, DEFAULT_TASK_MAX_DELIVER, TaskSettings,
+};
 use crate::envelope::Meta;
 use crate::error::Error;
 use crate::subjects::validate_token;
@@ -73,6 +88,7 @@ pub struct Service {
     heartbeat: Duration,
     max_in_flight: usize,
     stop_timeout: Duration,
+    tasks: TaskSettings,
     operations: Vec<(String, handler::BoxHandler)>,
     /// The first invalid setting, reported by `start` so the builder chains stay short.
     invalid: Option<Error>,
@@ -97,6 +113,7 @@ impl Service {
             heartbeat: DEFAULT_HEARTBEAT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            tasks: TaskSettings::default(),
             operations: Vec::new(),
             invalid: None,
         })
@@ -146,6 +163,38 @@ impl Service {
     /// How long a graceful stop waits for in-flight handlers (default 10 s).
     pub fn stop_timeout(mut self, timeout: Duration) -> Service {
         self.stop_timeout = timeout;
+        self
+    }
+
+    /// How long a task may run without a sign of life before the server hands it to
+    /// another instance (default 30 s). A running task sends one at least every third
+    /// of it, so this bounds how long a killed instance's tasks wait, not how long a
+    /// task may run. Shared by every instance (the consumer's setting).
+    pub fn task_ack_wait(mut self, ack_wait: Duration) -> Service {
+        if ack_wait < Duration::from_millis(300) {
+            self.note_invalid(format!("task ack wait {ack_wait:?} is shorter than 300ms"));
+        }
+        self.tasks.ack_wait = ack_wait;
+        self
+    }
+
+    /// Deliveries of one task, the first included, before a retried failure is given
+    /// up (default 5).
+    pub fn task_max_deliver(mut self, deliveries: i64) -> Service {
+        if deliveries < 1 {
+            self.note_invalid("task max deliver must be at least 1".into());
+        }
+        self.tasks.max_deliver = deliveries;
+        self
+    }
+
+    /// Tasks this instance runs at once, across its operations (default 64); apart
+    /// from [`Service::max_in_flight`], so long tasks never starve requests.
+    pub fn task_concurrency(mut self, tasks: usize) -> Service {
+        if tasks == 0 {
+            self.note_invalid("task concurrency must be at least 1".into());
+        }
+        self.tasks.concurrency = tasks;
         self
     }
 

@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use async_nats::Client;
 use async_nats::service::ServiceExt;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Service;
 use super::handler::{self, Endpoint};
+use super::routing;
+use super::serving::{Lifetime, Rejoin, serve_endpoint};
+use super::tasks;
 use crate::error::Error;
 use crate::integration::registry::registrar::{hostname, now};
 use crate::integration::registry::{EndpointEntry, Health, Registrar, RegistryEntry};
@@ -27,11 +30,23 @@ pub struct RunningService {
     id: String,
     name: String,
     client: Client,
-    micro: Option<async_nats::service::Service>,
+    /// Shared with the routing task, which re-adds the endpoints when the instance
+    /// rejoins its queue group; taken out by the stop.
+    micro: Arc<tokio::sync::Mutex<Option<async_nats::service::Service>>>,
+    /// The endpoints with their subjects, to add again after leaving the group.
+    endpoints: Vec<(Arc<Endpoint>, String)>,
+    permits: Arc<Semaphore>,
+    /// Fires to make the endpoint loops leave the queue group (see [`super::routing`]).
+    leave: CancellationToken,
+    /// Ends the routing task.
+    stop_routing: CancellationToken,
     registrar: Option<Registrar>,
     tasks: TaskTracker,
-    /// Ends the endpoint loops at once (after the stop timeout, or on drop).
+    /// Ends the endpoint loops at once (after the stop timeout, or on drop), and hands
+    /// running tasks back to the stream.
     abort: CancellationToken,
+    /// Stops pulling tasks (a graceful stop's first step).
+    stop_pulling: CancellationToken,
     stop_timeout: Duration,
 }
 
@@ -75,13 +90,23 @@ pub(super) async fn start(service: Service, client: &Client) -> Result<RunningSe
         id: id.clone(),
         name: service.name.clone(),
         client: client.clone(),
-        micro: Some(micro),
+        micro: Arc::new(tokio::sync::Mutex::new(Some(micro))),
+        endpoints: Vec::new(),
+        permits: Arc::new(Semaphore::new(service.max_in_flight)),
+        leave: CancellationToken::new(),
+        stop_routing: CancellationToken::new(),
         registrar: None,
         tasks: TaskTracker::new(),
         abort: CancellationToken::new(),
+        stop_pulling: CancellationToken::new(),
         stop_timeout: service.stop_timeout,
     };
-    let permits = Arc::new(Semaphore::new(service.max_in_flight));
+    // Every operation is also a task; the handlers are shared with the endpoints.
+    let task_handlers: HashMap<String, handler::BoxHandler> = service
+        .operations
+        .iter()
+        .map(|(operation, handler)| (operation.clone(), handler.clone()))
+        .collect();
     let mut endpoints = Vec::new();
     for (operation, handler) in service.operations {
         let subject = subjects::svc(&service.name, &operation)?;
@@ -95,10 +120,12 @@ pub(super) async fn start(service: Service, client: &Client) -> Result<RunningSe
             operation: operation.clone(),
             handler,
         };
-        if let Err(err) = running.serve(endpoint, &subject, permits.clone()).await {
+        let endpoint = Arc::new(endpoint);
+        if let Err(err) = running.serve(endpoint.clone(), &subject).await {
             running.stop().await;
             return Err(err);
         }
+        running.endpoints.push((endpoint, subject.clone()));
         endpoints.push(EndpointEntry {
             name: operation,
             subject,
@@ -135,10 +162,32 @@ pub(super) async fn start(service: Service, client: &Client) -> Result<RunningSe
         Err(err) => Err(err),
     };
     match registered {
-        Ok(registrar) => {
-            running.registrar = Some(registrar);
-            Ok(running)
+        Ok(registrar) => running.registrar = Some(registrar),
+        Err(err) => {
+            running.stop().await;
+            return Err(err);
         }
+    }
+    if let Err(err) = running.route().await {
+        running.stop().await;
+        return Err(err);
+    }
+    // Tasks wait in the stream until pulled, so pulling may start last.
+    let pulling = tasks::start(
+        client,
+        &running.name,
+        &running.id,
+        task_handlers,
+        service.tasks,
+        tasks::Lifetime {
+            tracker: &running.tasks,
+            stop: running.stop_pulling.clone(),
+            abort: running.abort.clone(),
+        },
+    )
+    .await;
+    match pulling {
+        Ok(()) => Ok(running),
         Err(err) => {
             running.stop().await;
             Err(err)
@@ -163,41 +212,44 @@ impl RunningService {
     }
 
     /// Adds one micro endpoint and the loop that serves it.
-    async fn serve(
-        &self,
-        endpoint: Endpoint,
-        subject: &str,
-        permits: Arc<Semaphore>,
-    ) -> Result<(), Error> {
-        let Some(micro) = &self.micro else {
+    async fn serve(&self, endpoint: Arc<Endpoint>, subject: &str) -> Result<(), Error> {
+        let micro = self.micro.lock().await;
+        let Some(micro) = micro.as_ref() else {
             return Err(Error::internal("the micro service is already stopped"));
         };
-        let mut requests = micro
-            .endpoint_builder()
-            .name(&endpoint.operation)
-            .add(subject)
-            .await
-            .map_err(|e| Error::nats(&format!("subscribe {subject}"), e))?;
-        let (tasks, abort, endpoint) = (self.tasks.clone(), self.abort.clone(), Arc::new(endpoint));
-        self.tasks.spawn(async move {
-            // Ends when the micro service stops: its unsubscribe closes the stream
-            // once the requests already received are taken.
-            loop {
-                let request = tokio::select! {
-                    _ = abort.cancelled() => break,
-                    request = requests.next() => request,
-                };
-                let Some(request) = request else { break };
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let endpoint = endpoint.clone();
-                tasks.spawn(async move {
-                    handler::handle(&endpoint, request).await;
-                    drop(permit);
-                });
-            }
-        });
+        let lifetime = Lifetime {
+            tasks: self.tasks.clone(),
+            abort: self.abort.clone(),
+            leave: self.leave.clone(),
+            permits: self.permits.clone(),
+        };
+        serve_endpoint(micro, endpoint, subject, lifetime).await
+    }
+
+    /// Follows the service's health in the registry and leaves or rejoins the queue
+    /// group as [`super::routing`] decides.
+    async fn route(&mut self) -> Result<(), Error> {
+        let serving = routing::follow(
+            &self.client,
+            &self.name,
+            &self.id,
+            self.stop_routing.clone(),
+        )
+        .await?;
+        let rejoin = Rejoin {
+            name: self.name.clone(),
+            client: self.client.clone(),
+            micro: self.micro.clone(),
+            endpoints: self.endpoints.clone(),
+            lifetime: Lifetime {
+                tasks: self.tasks.clone(),
+                abort: self.abort.clone(),
+                leave: self.leave.clone(),
+                permits: self.permits.clone(),
+            },
+        };
+        let stop = self.stop_routing.clone();
+        self.tasks.spawn(rejoin.run(serving, stop));
         Ok(())
     }
 
@@ -215,13 +267,16 @@ impl RunningService {
             },
             None => false,
         };
+        self.stop_pulling.cancel();
+        self.stop_routing.cancel();
         // async-nats drops what is still on the socket for a subscription it has
         // unsubscribed: a round trip first brings every request the server routed to
         // us so far into the endpoint queues, where the loops still take them.
         if let Err(err) = round_trip(&self.client).await {
             tracing::warn!(%err, service = %self.name, "no round trip before unsubscribing");
         }
-        if let Some(micro) = self.micro.take()
+        let micro = self.micro.lock().await.take();
+        if let Some(micro) = micro
             && let Err(err) = micro.stop().await
         {
             tracing::warn!(%err, service = %self.name, "cannot stop the micro service");
@@ -249,8 +304,10 @@ impl Drop for RunningService {
     fn drop(&mut self) {
         // Not stopped gracefully: stop answering and heartbeating (dropping the
         // registrar stops its beats), and let the registry entry expire.
+        self.stop_pulling.cancel();
+        self.stop_routing.cancel();
         self.abort.cancel();
-        if let Some(micro) = self.micro.take() {
+        if let Some(micro) = self.micro.try_lock().ok().and_then(|mut m| m.take()) {
             // `stop` only signals and aborts tasks; it completes on its first poll.
             let _ = micro.stop().now_or_never();
         }

@@ -9,7 +9,7 @@ use crate::component::responder::{self, Endpoint, Reply, Request};
 use crate::component::{Component, Context, Instance, Subscription};
 use crate::envelope::Meta;
 use crate::error::Error;
-use crate::subjects::{QUEUE_GROUP, SYS_ECHO, SYS_PING};
+use crate::subjects::{QUEUE_GROUP, SYS_ECHO, SYS_LOG_LEVEL, SYS_PING};
 
 pub const NAME: &str = "instance";
 const SOURCE: &str = "urn:switchyard:instance";
@@ -56,6 +56,11 @@ impl Component for InstanceComponent {
                 description: "every instance answers who it is and what it runs",
             },
             Subscription {
+                subject: SYS_LOG_LEVEL,
+                queue_group: None,
+                description: "every instance answers its log filter, or changes it",
+            },
+            Subscription {
                 subject: SYS_ECHO,
                 queue_group: Some(QUEUE_GROUP),
                 description: "answers the request's envelope and payload as read",
@@ -85,6 +90,19 @@ impl Component for InstanceComponent {
                 request_type: "io.switchyard.sys.echo",
                 source: SOURCE,
             };
+            let level_endpoint = Endpoint {
+                name: "log_level",
+                subject: SYS_LOG_LEVEL.to_string(),
+                queue_group: None,
+                request_type: "io.switchyard.sys.log.level",
+                source: SOURCE,
+            };
+            let instance = ctx.instance.id.clone();
+            responder::serve(&ctx, NAME, level_endpoint, move |request: Request| {
+                let instance = instance.clone();
+                async move { log_level(&request, instance) }
+            })
+            .await?;
             responder::serve(&ctx, NAME, echo, |request: Request| async move {
                 let data: rmpv::Value = request.decode()?;
                 let echo = Echo {
@@ -96,4 +114,35 @@ impl Component for InstanceComponent {
             .await
         })
     }
+}
+
+/// The answer to `sys.log.level`: this instance's filter after the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLevel {
+    pub instance: String,
+    pub filter: String,
+}
+
+/// `sys.log.level`: an empty payload asks; `{"filter":"sync=debug,info"}` or the bare
+/// filter text changes it. A filter that does not parse is refused (400) and the one in
+/// force stays.
+fn log_level(request: &Request, instance: String) -> Result<Reply, Error> {
+    let text = std::str::from_utf8(&request.payload)
+        .map_err(|_| Error::invalid_input("the filter must be UTF-8 text"))?
+        .trim();
+    let wanted = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => map
+            .get("filter")
+            .and_then(|f| f.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| Error::invalid_input("expected {\"filter\": \"<filter>\"}"))?,
+        _ => text.trim_matches('"').to_string(),
+    };
+    let filter = if wanted.is_empty() {
+        crate::observability::logging::current_filter()
+            .ok_or_else(|| Error::unavailable("this process does not manage its log filter"))?
+    } else {
+        crate::observability::logging::set_filter(&wanted)?
+    };
+    Ok(Reply::to(request, &LogLevel { instance, filter }))
 }

@@ -29,7 +29,8 @@ use crate::component::Context;
 use crate::data::record::Record;
 use crate::error::Error;
 use crate::observability::metrics as m;
-use crate::resilience::deadletter::{self, DeadLetter};
+use crate::resilience::deadletter::{self, DeadLetter, Failure};
+use crate::resilience::errorlog::{ErrorLog, Where};
 use crate::subjects::{DATA_UNROUTED, FLOW_CONSUMER, STREAM_DATA, headers as h};
 
 /// Filter of consumer `flow`: every record.
@@ -83,6 +84,7 @@ pub struct Worker {
     routed: metrics::Counter,
     unrouted: metrics::Counter,
     malformed: metrics::Counter,
+    errors: ErrorLog,
 }
 
 /// A proof in flight that the rules are current, for the first `covers` records
@@ -93,11 +95,12 @@ struct Proof {
 }
 
 impl Worker {
-    pub fn new(js: JetStream, rules: Rules) -> Worker {
+    pub fn new(js: JetStream, rules: Rules, errors: ErrorLog) -> Worker {
         let outcome = |o: &'static str| metrics::counter!(m::FLOW_RECORDS_TOTAL, "outcome" => o);
         Worker {
             js,
             rules,
+            errors,
             routed: outcome("routed"),
             unrouted: outcome("unrouted"),
             malformed: outcome("malformed"),
@@ -300,8 +303,17 @@ impl Worker {
     }
 
     async fn dead_letter(&self, record: &Record, err: &Error) -> Result<(), Error> {
+        self.errors.report(
+            COMPONENT,
+            err,
+            Where {
+                subject: Some(&record.subject),
+                traceparent: record.headers.get(h::TRACEPARENT).map(|v| v.as_str()),
+                ..Where::default()
+            },
+        );
         let headers = copied_headers(&record.headers);
-        deadletter::publish(
+        deadletter::publish_with(
             &self.js,
             &DeadLetter {
                 component: COMPONENT,
@@ -312,6 +324,10 @@ impl Worker {
                 deliveries: record.delivered,
                 origin: record.origin(),
                 target: None,
+            },
+            &Failure {
+                consumer: Some(FLOW_CONSUMER),
+                ..Failure::default()
             },
         )
         .await

@@ -57,7 +57,11 @@ impl Component for FlowComponent {
         Box::pin(async move {
             let rules = Rules::start_with(&ctx.client, ctx.shutdown().clone(), true).await?;
             let messages = consume::consume(&ctx.jetstream).await?;
-            let worker = Arc::new(consume::Worker::new(ctx.jetstream.clone(), rules));
+            let worker = Arc::new(consume::Worker::new(
+                ctx.jetstream.clone(),
+                rules,
+                ctx.errors.clone(),
+            ));
             ctx.spawn(worker.run(ctx.clone(), messages));
             Ok(())
         })

@@ -28,7 +28,8 @@ use crate::data::record::Record;
 use crate::envelope::{ContentType, Meta, error_from_reply};
 use crate::error::Error;
 use crate::observability::metrics::SyncMetrics;
-use crate::resilience::deadletter::{self, DeadLetter};
+use crate::resilience::deadletter::{self, DeadLetter, Failure};
+use crate::resilience::errorlog::{ErrorLog, Where};
 use crate::subjects::{self, headers as h};
 
 /// The cache namespace of delivery statuses: key `<target>.<record id>`.
@@ -48,6 +49,8 @@ pub struct Deps {
     pub client: async_nats::Client,
     pub js: JetStream,
     pub cache: Cache,
+    /// Every failed delivery is reported here (`errors.sync`).
+    pub errors: ErrorLog,
 }
 
 /// How one delivery ended.
@@ -97,6 +100,15 @@ pub async fn deliver(
             let err = Error::new(
                 err.kind(),
                 format!("target {}: {}", delivery.target.name, err.message()),
+            );
+            deps.errors.report(
+                "sync",
+                &err,
+                Where {
+                    subject: Some(&delivery.target.subject),
+                    traceparent: record.headers.get(h::TRACEPARENT).map(|v| v.as_str()),
+                    ..Where::default()
+                },
             );
             if err.kind().is_retryable() && record.delivered < policy.max_deliver {
                 Outcome::Retry(err)
@@ -206,8 +218,13 @@ pub async fn settle_failed(
         origin: record.origin(),
         target: Some(&delivery.target.name),
     };
+    let consumer = crate::subjects::sync_consumer(&delivery.target.name).ok();
+    let failure = Failure {
+        consumer: consumer.as_deref(),
+        ..Failure::default()
+    };
     let mut delay = Duration::from_millis(100);
-    while let Err(err) = deadletter::publish(&deps.js, &letter).await {
+    while let Err(err) = deadletter::publish_with(&deps.js, &letter, &failure).await {
         tracing::warn!(%err, "cannot dead-letter a record yet; retrying");
         let _ = message.ack_with(AckKind::Progress).await;
         tokio::time::sleep(delay).await;

@@ -95,6 +95,7 @@ impl Component for SyncComponent {
                     client: ctx.client.clone(),
                     js: ctx.jetstream.clone(),
                     cache,
+                    errors: ctx.errors.clone(),
                 }),
                 ctx: ctx.clone(),
                 rules,

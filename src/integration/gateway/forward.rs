@@ -1,21 +1,30 @@
 //! The gateway's core, shared by NATS (`api.<service>.<operation>`) and HTTP: check the
 //! route and the content type, look the service up in the cached registry view (no I/O),
 //! and forward to `svc.<service>.<operation>` with the caller's headers, payload and
-//! remaining deadline. The payload is never decoded: the service validates it, and its
-//! reply comes back untouched. Every request is counted here, whichever way it came.
+//! remaining deadline, through the service's guard ([`super::call`]: retries, breaker,
+//! fallbacks). The payload is never decoded: the service validates it, and its reply
+//! comes back untouched. Every request is counted here, whichever way it came, and every
+//! error reply is reported to the error log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, HeaderMap, Message, RequestErrorKind};
+use async_nats::header::HeaderName;
+use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 
-use super::policy::Policies;
-use crate::envelope::{Meta, Outgoing, TraceParent, check_size, content_type_of};
+use super::NAME;
+use super::call::{Call, TIMEOUT_MS, TRACEPARENT};
+use super::guard::Policies;
+use crate::envelope::{Meta, TraceParent, content_type_of, error_from_reply};
 use crate::error::{Error, ErrorKind};
 use crate::integration::registry::{Lookup, view::RegistryView};
 use crate::observability::metrics::GatewayMetrics;
+use crate::resilience::errorlog::{ErrorLog, Where};
+use crate::resilience::fallback::LastGood;
 use crate::subjects::{headers as h, validate_token};
+
+const SERVICE_ERROR_CODE: HeaderName = HeaderName::from_static(h::SERVICE_ERROR_CODE);
 
 /// `ce-source` of the gateway's own replies.
 pub const SOURCE: &str = "urn:switchyard:gateway";
@@ -32,31 +41,55 @@ pub struct Refusal {
     pub error: Error,
 }
 
-/// Forwards requests; cheap to clone.
+/// Forwards requests; cheap to clone (one reference count: the NATS ingress clones it
+/// per message).
 #[derive(Clone)]
 pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: Client,
     view: RegistryView,
     policies: Policies,
-    metrics: Arc<GatewayMetrics>,
+    last_good: LastGood,
+    errors: ErrorLog,
+    metrics: GatewayMetrics,
 }
 
 impl Forwarder {
-    pub fn new(client: Client, view: RegistryView, policies: Policies) -> Forwarder {
+    /// `errors` receives every error reply the gateway gives (`ErrorLog::disabled()`
+    /// where nothing should be reported).
+    pub fn new(
+        client: Client,
+        view: RegistryView,
+        policies: Policies,
+        errors: ErrorLog,
+    ) -> Forwarder {
         Forwarder {
-            client,
-            view,
-            policies,
-            metrics: Arc::default(),
+            inner: Arc::new(Inner {
+                client,
+                view,
+                policies,
+                last_good: LastGood::default(),
+                errors,
+                metrics: GatewayMetrics::default(),
+            }),
         }
     }
 
     pub fn view(&self) -> &RegistryView {
-        &self.view
+        &self.inner.view
+    }
+
+    /// The connection requests are forwarded on (and replies sent back).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
     }
 
     /// Forwards one request to `svc.<service>.<operation>` and returns the service's
-    /// reply as it came (an error reply included), or why the gateway answers itself.
+    /// reply as it came (an error reply included, or a fallback's reply), or why the
+    /// gateway answers itself.
     pub async fn forward(
         &self,
         service: &str,
@@ -73,41 +106,67 @@ impl Forwarder {
             Ok(reply) => reply_code(reply),
             Err(refusal) => refusal.error.code(),
         };
-        self.metrics
+        self.inner
+            .metrics
             .record(labels.0, labels.1, code, started.elapsed());
-        if code >= 500 {
-            tracing::debug!(
-                service = labels.0,
-                operation = labels.1,
-                code,
-                "gateway error"
-            );
+        if code >= 400 {
+            self.report(service, operation, &result);
         }
         result
     }
 
     /// A request refused before it named a route (a malformed subject or HTTP request):
-    /// counted under `unknown`, answered with `error`.
+    /// counted under `unknown`, reported, answered with `error`.
     pub fn refuse(&self, headers: &HeaderMap, error: Error, started: Instant) -> Refusal {
-        self.metrics
+        self.inner
+            .metrics
             .record(UNKNOWN, UNKNOWN, error.code(), started.elapsed());
         let meta = Meta::from_headers(Some(headers), REQUEST_TYPE)
             .unwrap_or_else(|_| Meta::unreadable(Some(headers)));
+        let at = Where {
+            traceparent: Some(&meta.traceparent),
+            ..Where::default()
+        };
+        self.inner.errors.report(NAME, &error, at);
         Refusal { meta, error }
+    }
+
+    /// Reports an error reply (the gateway's own, or the service's final one) to the
+    /// error log.
+    fn report(&self, service: &str, operation: &str, result: &Result<Message, Refusal>) {
+        let subject = format!("api.{service}.{operation}");
+        let (error, traceparent) = match result {
+            Err(refusal) => (
+                refusal.error.clone(),
+                Some(refusal.meta.traceparent.as_str()),
+            ),
+            Ok(reply) => {
+                let headers = reply.headers.as_ref();
+                let error = error_from_reply(headers).unwrap_or_else(|| {
+                    Error::new(ErrorKind::from_code(reply_code(reply)), "error reply")
+                });
+                let trace = headers.and_then(|h| h.get(TRACEPARENT)).map(|v| v.as_str());
+                (error, trace)
+            }
+        };
+        let at = Where {
+            subject: Some(&subject),
+            service: Some(service),
+            operation: Some(operation),
+            traceparent,
+        };
+        self.inner.errors.report(NAME, &error, at);
     }
 
     async fn try_forward<'a>(
         &self,
         service: &'a str,
         operation: &'a str,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         payload: Bytes,
         started: Instant,
         labels: &mut (&'a str, &'a str),
     ) -> Result<Message, Refusal> {
-        // Only checked here: the full attributes are built when the gateway answers
-        // itself, never on the forwarding path (it costs ids and a timestamp).
-        let checked = content_type_of(Some(&headers));
         let refuse = |error: Error, headers: &HeaderMap| Refusal {
             meta: Meta::from_headers(Some(headers), REQUEST_TYPE)
                 .unwrap_or_else(|_| Meta::unreadable(Some(headers))),
@@ -119,43 +178,34 @@ impl Forwarder {
             return Err(refuse(err, &headers));
         }
         // Label values only for names the registry vouches for: bounded cardinality.
-        let lookup = self.view.lookup(service);
-        let serves = lookup != Lookup::Unknown && self.view.serves(service, operation);
+        let (lookup, serves) = self.inner.view.route(service, operation);
         if lookup != Lookup::Unknown {
             labels.0 = service;
             if serves {
                 labels.1 = operation;
             }
         }
-        if let Err(err) = checked {
+        // Only checked here: the full attributes are built when the gateway answers
+        // itself, never on the forwarding path (it costs ids and a timestamp). A request
+        // without headers is JSON, nothing to look up.
+        if !headers.is_empty()
+            && let Err(err) = content_type_of(Some(&headers))
+        {
             return Err(refuse(err, &headers));
         }
         let budget = match caller_budget(&headers) {
             Ok(budget) => budget,
             Err(err) => return Err(refuse(err, &headers)),
         };
-        match lookup {
-            Lookup::Unknown => {
-                return Err(refuse(
-                    Error::not_found(format!("service {service:?} is not registered")),
-                    &headers,
-                ));
-            }
-            Lookup::NoLiveInstance => {
-                return Err(refuse(
-                    Error::unavailable(format!(
-                        "service {service:?} has no live instance (deregistered, expired, \
-                         unhealthy or draining)"
-                    )),
-                    &headers,
-                ));
-            }
-            Lookup::Live(_) => {}
+        if lookup == Lookup::Unknown {
+            return Err(refuse(
+                Error::not_found(format!("service {service:?} is not registered")),
+                &headers,
+            ));
         }
-        let policy = self.policies.timeout(service);
-        let timeout = budget.map_or(policy, |budget| budget.min(policy));
-        let remaining = timeout.saturating_sub(started.elapsed());
-        if remaining.is_zero() {
+        let guard = self.inner.policies.guard(service);
+        let timeout = budget.map_or(guard.timeout, |budget| budget.min(guard.timeout));
+        if timeout <= started.elapsed() {
             return Err(refuse(
                 Error::timeout(format!(
                     "the caller's deadline for service {service:?} had passed on arrival"
@@ -163,67 +213,46 @@ impl Forwarder {
                 &headers,
             ));
         }
-        // What is left, so the service can give up when the caller has.
-        let left_ms = remaining.as_millis().max(1);
-        headers.insert(h::TIMEOUT_MS, left_ms.to_string());
         let valid_trace = headers
-            .get(h::TRACEPARENT)
+            .get(TRACEPARENT)
             .is_some_and(|v| TraceParent::parse(v.as_str()).is_some());
-        if !valid_trace {
-            // A new trace (W3C) that the service joins.
-            headers.insert(h::TRACEPARENT, TraceParent::new_root().as_str());
-        }
-        let outgoing = Outgoing { headers, payload };
-        if let Err(err) = check_size(&self.client, &outgoing) {
-            return Err(refuse(err, &outgoing.headers));
-        }
-        let request = async_nats::Request::new()
-            .headers(outgoing.headers)
-            .payload(outgoing.payload)
-            .timeout(Some(remaining));
-        let empty = HeaderMap::new();
-        let subject = format!("svc.{service}.{operation}");
-        match self.client.send_request(subject, request).await {
-            Ok(reply) => Ok(reply),
-            Err(err) => Err(refuse(
-                match err.kind() {
-                    RequestErrorKind::TimedOut => Error::timeout(format!(
-                        "service {service:?} did not answer svc.{service}.{operation} within {} ms",
-                        timeout.as_millis()
-                    )),
-                    RequestErrorKind::NoResponders if !serves && self.lists_endpoints(service) => {
-                        Error::not_found(format!(
-                            "service {service:?} has no operation {operation:?}"
-                        ))
-                    }
-                    RequestErrorKind::NoResponders => Error::unavailable(format!(
-                        "service {service:?}: no instance answers svc.{service}.{operation} (no responders)"
-                    )),
-                    _ => {
-                        let err = Error::from(err);
-                        Error::new(
-                            err.kind(),
-                            format!("service {service:?}: {}", err.message()),
-                        )
-                    }
-                },
-                &empty,
-            )),
-        }
-    }
-
-    /// Whether the service's instances say which operations they serve at all.
-    fn lists_endpoints(&self, service: &str) -> bool {
-        self.view
-            .instances(service)
-            .iter()
-            .any(|entry| !entry.endpoints.is_empty())
+        // A new trace (W3C) that the service joins, the same for every attempt.
+        let trace = (!valid_trace).then(TraceParent::new_root);
+        // The payload is a view into the connection's read buffer; kept for the whole
+        // call (retries, fallbacks), it would pin that buffer and make the client
+        // allocate a new one as it reads on. A copy of our own is cheaper.
+        let payload = Bytes::copy_from_slice(&payload);
+        let call = Call {
+            client: &self.inner.client,
+            view: &self.inner.view,
+            guard: &guard,
+            last_good: &self.inner.last_good,
+            service,
+            operation,
+            serves,
+            headers: &headers,
+            payload: &payload,
+            trace: trace.as_ref(),
+            started,
+            timeout,
+            deadline: started + timeout,
+        };
+        let outcome = match lookup {
+            Lookup::Live(_) => call.run().await,
+            _ => Err(Error::unavailable(format!(
+                "service {service:?} has no live instance (deregistered, expired, \
+                 unhealthy or draining)"
+            ))),
+        };
+        call.or_fall_back(outcome)
+            .await
+            .map_err(|err| refuse(err, &headers))
     }
 }
 
 /// The caller's remaining budget from `Switchyard-Timeout-Ms`, if it set one.
 fn caller_budget(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
-    let Some(value) = headers.get(h::TIMEOUT_MS) else {
+    let Some(value) = headers.get(TIMEOUT_MS) else {
         return Ok(None);
     };
     value
@@ -245,7 +274,7 @@ pub fn reply_code(reply: &Message) -> u16 {
     reply
         .headers
         .as_ref()
-        .and_then(|headers| headers.get(h::SERVICE_ERROR_CODE))
+        .and_then(|headers| headers.get(SERVICE_ERROR_CODE))
         .map_or(200, |code| {
             let code = code.as_str().trim().parse::<u16>().unwrap_or(500);
             ErrorKind::from_code(code).code()

@@ -1,13 +1,17 @@
 //! The gateway's HTTP ingress: `POST /v1/<service>/<operation>` with a JSON body goes
 //! through the same core as `api.<service>.<operation>` (directly, no NATS hop to
 //! `api.*`) and answers JSON with status 200 or the error code as the HTTP status;
-//! `GET /v1/services` lists the registry. CloudEvents `ce-*` headers (HTTP binary mode)
+//! `GET /v1/services` lists the registry. Durable tasks: `POST
+//! /v1/tasks/<service>/<operation>` submits (202 with the task id) and `GET
+//! /v1/tasks/<id>` reads the state, both through the `tasks` component's subjects
+//! (`tasks.submit.*`, `tasks.get.*`); a service named `tasks` is therefore not
+//! reachable as `POST /v1/tasks/<operation>`. CloudEvents `ce-*` headers (HTTP binary mode)
 //! and W3C `traceparent`/`tracestate` are carried into the envelope; `X-Request-Timeout`
 //! (milliseconds) is the caller's deadline. Every request runs in [`Context::spawn`],
 //! and the server stops gracefully with the component.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -28,6 +32,9 @@ use crate::subjects::headers as h;
 
 /// The caller's deadline in milliseconds, carried as `Switchyard-Timeout-Ms`.
 pub const REQUEST_TIMEOUT: &str = "x-request-timeout";
+/// How long a task submit or read may take: both answer at once (a KV write and a
+/// stream publish at most), so this is only reached when the tasks component is down.
+const TASKS_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct HttpState {
@@ -67,9 +74,12 @@ pub fn serve(
     let app = Router::new()
         .route("/v1/services", get(services))
         .route("/v1/{service}/{operation}", post(call))
+        .route("/v1/tasks/{service}/{operation}", post(submit_task))
+        .route("/v1/tasks/{id}", get(get_task))
         .fallback(|| async {
             error_response(&Error::not_found(
-                "no such route: POST /v1/<service>/<operation> or GET /v1/services",
+                "no such route: POST /v1/<service>/<operation>, GET /v1/services, \
+                 POST /v1/tasks/<service>/<operation> or GET /v1/tasks/<id>",
             ))
         })
         .layer(DefaultBodyLimit::max(max_body))
@@ -102,33 +112,10 @@ async fn call(
             "the path is /v1/<service>/<operation>",
         ));
     };
-    let body = match body {
+    let body = match json_body(&headers, body) {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "the body exceeds the NATS max_payload: {}",
-                    rejection.body_text()
-                ),
-            ));
-        }
-        Err(rejection) => return refuse(Error::invalid_input(rejection.body_text())),
+        Err(err) => return refuse(err),
     };
-    if let Some(value) = headers.get(header::CONTENT_TYPE) {
-        let json = value
-            .to_str()
-            .ok()
-            .and_then(|v| ContentType::parse(v).ok())
-            .is_some_and(|c| c == ContentType::Json);
-        if !json {
-            return refuse(Error::new(
-                ErrorKind::UnsupportedMediaType,
-                "the HTTP ingress takes Content-Type: application/json (curl: --json or -H \
-                 'content-type: application/json'; plain -d sends a form)",
-            ));
-        }
-    }
     let (ctx, forwarder) = (state.ctx.clone(), state.forwarder.clone());
     // Tracked, so a graceful stop waits for the forward (and its answer) to finish.
     let forwarded =
@@ -137,6 +124,107 @@ async fn call(
         Ok(Ok(reply)) => reply_response(reply),
         Ok(Err(refusal)) => error_response(&refusal.error),
         Err(err) => error_response(&Error::internal(format!("gateway request failed: {err}"))),
+    }
+}
+
+/// The request's body if it may be forwarded: within `max_payload` and JSON (or
+/// without a content type).
+fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "the body exceeds the NATS max_payload: {}",
+                    rejection.body_text()
+                ),
+            ));
+        }
+        Err(rejection) => return Err(Error::invalid_input(rejection.body_text())),
+    };
+    if let Some(value) = headers.get(header::CONTENT_TYPE) {
+        let json = value
+            .to_str()
+            .ok()
+            .and_then(|v| ContentType::parse(v).ok())
+            .is_some_and(|c| c == ContentType::Json);
+        if !json {
+            return Err(Error::new(
+                ErrorKind::UnsupportedMediaType,
+                "the HTTP ingress takes Content-Type: application/json (curl: --json or -H \
+                 'content-type: application/json'; plain -d sends a form)",
+            ));
+        }
+    }
+    Ok(body)
+}
+
+/// `POST /v1/tasks/<service>/<operation>`: `tasks.submit.<service>.<operation>`,
+/// answered 202 with `{"id","state"}`.
+async fn submit_task(
+    State(state): State<HttpState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(Path((service, operation))) = path else {
+        return error_response(&Error::invalid_input(
+            "the path is /v1/tasks/<service>/<operation>",
+        ));
+    };
+    let submitted = json_body(&headers, body).and_then(|body| {
+        let subject = crate::subjects::tasks_submit(&service, &operation)?;
+        Ok((subject, body))
+    });
+    match submitted {
+        Ok((subject, body)) => {
+            let mut response = tasks_request(&state, subject, &headers, body).await;
+            if response.status() == StatusCode::OK {
+                *response.status_mut() = StatusCode::ACCEPTED;
+            }
+            response
+        }
+        Err(err) => error_response(&err),
+    }
+}
+
+/// `GET /v1/tasks/<id>`: `tasks.get.<id>`, the task's state (404 unknown).
+async fn get_task(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let subject = match path {
+        Ok(Path(id)) => crate::subjects::tasks_get(&id),
+        Err(_) => Err(Error::invalid_input("the path is /v1/tasks/<id>")),
+    };
+    match subject {
+        Ok(subject) => tasks_request(&state, subject, &headers, Bytes::new()).await,
+        Err(err) => error_response(&err),
+    }
+}
+
+/// A request to the `tasks` component, answered as the gateway answers services.
+async fn tasks_request(
+    state: &HttpState,
+    subject: String,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = async_nats::Request::new()
+        .headers(envelope_headers(headers))
+        .payload(body)
+        .timeout(Some(TASKS_TIMEOUT));
+    let client = state.ctx.client.clone();
+    // Tracked, so a graceful stop waits for the answer.
+    let answered = state
+        .ctx
+        .spawn(async move { client.send_request(subject, request).await });
+    match answered.await {
+        Ok(Ok(reply)) => reply_response(reply),
+        Ok(Err(err)) => error_response(&Error::from(err)),
+        Err(err) => error_response(&Error::internal(format!("tasks request failed: {err}"))),
     }
 }
 
@@ -199,7 +287,8 @@ fn reply_response(reply: async_nats::Message) -> Response {
         let name: &str = name.as_ref();
         let carried = (name.starts_with("ce-") && name != h::CE_DATACONTENTTYPE)
             || name == h::TRACEPARENT
-            || name == h::TRACESTATE;
+            || name == h::TRACESTATE
+            || name == h::FALLBACK;
         let value = values.first().map(|v| HeaderValue::from_str(v.as_str()));
         if let (true, Ok(name), Some(Ok(value))) = (carried, HeaderName::try_from(name), value) {
             response.headers_mut().insert(name, value);

@@ -6,14 +6,25 @@
 //!   registry lookup (cached, no I/O), the deadline, the forward, the error codes
 //!   (400 bad route, 404 unknown service, 413, 415, 503 no live instance or no
 //!   responders, 504 timeout).
-//! - [`policy`]: per-service timeouts from KV bucket `policies`, watched live.
+//! - [`call`]: one call through the service's guard: retries (backoff with full jitter,
+//!   within the caller's deadline and the service's retry budget), the circuit breaker,
+//!   the fallback chain (`Switchyard-Fallback` on a fallback's reply).
+//! - [`policy`]: a service's policy value in KV bucket `policies` (timeout, retry,
+//!   budget, breaker, fallbacks, idempotent operations), checked.
+//! - [`guard`]: the policies in force, watched live, and each routed service's guard;
+//!   [`breaker_events`]: `events.sys.breaker.<opened|closed>`.
 //! - [`http`]: the HTTP ingress (axum).
 //!
-//! The service's reply, error replies included, goes back to the caller untouched; the
-//! gateway's own errors have the responder's shape (`Nats-Service-Error`,
-//! `Nats-Service-Error-Code`, an error body in the caller's codec).
+//! The service's reply, error replies included, goes back to the caller untouched (after
+//! retries: the last one); the gateway's own errors have the responder's shape
+//! (`Nats-Service-Error`, `Nats-Service-Error-Code`, an error body in the caller's
+//! codec). Every error reply is reported to the error log (`errors.gateway`).
 
+pub mod breaker_command;
+pub mod breaker_events;
+mod call;
 pub mod forward;
+pub mod guard;
 pub mod http;
 pub mod policy;
 
@@ -23,14 +34,15 @@ use std::time::Instant;
 use async_nats::{HeaderMap, Message};
 use futures::future::BoxFuture;
 
+use self::breaker_events::BreakerEvents;
 use self::forward::{Forwarder, REQUEST_TYPE, SOURCE};
-use self::policy::Policies;
+use self::guard::Policies;
 use crate::component::responder::{self, Endpoint, error_reply};
 use crate::component::{Component, Context, Subscription};
 use crate::config::{Config, GatewayConfig};
 use crate::error::Error;
 use crate::integration::registry::view::RegistryView;
-use crate::subjects::{API, QUEUE_GROUP};
+use crate::subjects::{API, QUEUE_GROUP, SYS_GATEWAY_BREAKER};
 
 pub const NAME: &str = "gateway";
 
@@ -62,11 +74,18 @@ impl Component for GatewayComponent {
     }
 
     fn subscriptions(&self) -> Vec<Subscription> {
-        vec![Subscription {
-            subject: API,
-            queue_group: Some(QUEUE_GROUP),
-            description: "forwards to svc.<service>.<operation> (404, 503, 504)",
-        }]
+        vec![
+            Subscription {
+                subject: API,
+                queue_group: Some(QUEUE_GROUP),
+                description: "forwards to svc.<service>.<operation> (404, 503, 504)",
+            },
+            Subscription {
+                subject: SYS_GATEWAY_BREAKER,
+                queue_group: None,
+                description: "opens this gateway's breaker for the service, on command",
+            },
+        ]
     }
 
     fn configure(&mut self, config: &Config) -> Result<(), Error> {
@@ -86,8 +105,11 @@ impl Component for GatewayComponent {
             };
             let stop = ctx.shutdown().clone();
             let view = RegistryView::start(&ctx.client, stop.clone()).await?;
-            let policies = Policies::start(&ctx.client, self.config.timeout, stop).await?;
-            let forwarder = Forwarder::new(ctx.client.clone(), view, policies);
+            let events = BreakerEvents::start(&ctx);
+            let policies =
+                Policies::start(&ctx.client, self.config.timeout, Some(events), stop).await?;
+            breaker_command::serve(&ctx, policies.clone()).await?;
+            let forwarder = Forwarder::new(ctx.client.clone(), view, policies, ctx.errors.clone());
             let addr = http::serve(&ctx, forwarder.clone(), listener)?;
             tracing::info!(%addr, "gateway HTTP ingress listening");
             serve_nats(&ctx, forwarder).await
@@ -106,20 +128,14 @@ async fn serve_nats(ctx: &Context, forwarder: Forwarder) -> Result<(), Error> {
         source: SOURCE,
     };
     let shared = Arc::new(endpoint.clone());
-    let client = ctx.client.clone();
     responder::serve_messages(ctx, &endpoint, move |message: Message| {
-        let (client, forwarder, endpoint) = (client.clone(), forwarder.clone(), shared.clone());
-        async move { handle(&client, &forwarder, &endpoint, message).await }
+        let (forwarder, endpoint) = (forwarder.clone(), shared.clone());
+        async move { handle(&forwarder, &endpoint, message).await }
     })
     .await
 }
 
-async fn handle(
-    client: &async_nats::Client,
-    forwarder: &Forwarder,
-    endpoint: &Endpoint,
-    message: Message,
-) {
+async fn handle(forwarder: &Forwarder, endpoint: &Endpoint, message: Message) {
     let started = Instant::now();
     let Message {
         subject,
@@ -156,6 +172,7 @@ async fn handle(
             (Some(outgoing.headers), outgoing.payload)
         }
     };
+    let client = forwarder.client();
     let sent = match headers {
         Some(headers) => {
             client

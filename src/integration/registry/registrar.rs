@@ -2,11 +2,17 @@
 //! heartbeat intervals, refresh it at every heartbeat, delete it on a graceful stop,
 //! and announce each step on the event bus. An instance that dies simply stops
 //! heartbeating; the server then expires its key and the registry component reports it.
+//!
+//! The health in the entry belongs to the health checker: a heartbeat rewrites the entry
+//! with compare-and-set on the revision it wrote last, and when the checker wrote in
+//! between, the heartbeat takes the stored health over and writes again, so a beat
+//! never undoes a health change.
 
 use std::time::Duration;
 
 use async_nats::Client;
 use async_nats::jetstream::Context as JetStream;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -39,10 +45,16 @@ impl Registrar {
         let js = async_nats::jetstream::new(client.clone());
         entry.heartbeat_ms = u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX);
         entry.last_heartbeat = now();
-        put(&js, &entry, heartbeat).await?;
+        let revision = write(&js, &entry, heartbeat, None).await?;
         announce(&js, client, &entry, Lifecycle::Registered).await;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(beat(js.clone(), entry.clone(), heartbeat, stop.clone()));
+        let task = tokio::spawn(beat(
+            js.clone(),
+            entry.clone(),
+            revision,
+            heartbeat,
+            stop.clone(),
+        ));
         Ok(Registrar {
             client: client.clone(),
             js,
@@ -84,7 +96,13 @@ impl Drop for Registrar {
     }
 }
 
-async fn beat(js: JetStream, mut entry: RegistryEntry, every: Duration, stop: CancellationToken) {
+async fn beat(
+    js: JetStream,
+    mut entry: RegistryEntry,
+    mut revision: u64,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await; // the first tick is immediate; the entry was just written
     loop {
@@ -93,27 +111,98 @@ async fn beat(js: JetStream, mut entry: RegistryEntry, every: Duration, stop: Ca
             _ = tick.tick() => {}
         }
         entry.last_heartbeat = now();
-        if let Err(err) = put(&js, &entry, every).await {
+        match write(&js, &entry, every, Some(revision)).await {
+            Ok(written) => revision = written,
+            Err(Conflict::Changed) => match adopt_stored(&js, &mut entry).await {
+                // Written by the health checker meanwhile: keep its health, beat again.
+                Ok(stored) => match write(&js, &entry, every, Some(stored)).await {
+                    Ok(written) => revision = written,
+                    Err(err) => {
+                        tracing::warn!(%err, service = %entry.name, "registry heartbeat failed")
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(%err, service = %entry.name, "registry heartbeat failed")
+                }
+            },
             // The next beat tries again; two more misses before the entry expires.
-            tracing::warn!(%err, service = %entry.name, "registry heartbeat failed");
+            Err(err) => tracing::warn!(%err, service = %entry.name, "registry heartbeat failed"),
         }
     }
 }
 
-/// A KV put with a per-message TTL: what `kv.put` does, plus the `Nats-TTL` header
-/// (the bucket allows per-key TTLs; see provisioning).
-async fn put(js: &JetStream, entry: &RegistryEntry, heartbeat: Duration) -> Result<(), Error> {
+/// Reads the stored entry's health into `entry`; the stored revision.
+async fn adopt_stored(js: &JetStream, entry: &mut RegistryEntry) -> Result<u64, Error> {
+    let kv = js
+        .get_key_value(BUCKET_REGISTRY)
+        .await
+        .map_err(|e| Error::nats("open bucket registry", e))?;
+    let stored = kv
+        .entry(entry.key()?)
+        .await
+        .map_err(|e| Error::nats("read registry entry", e))?;
+    match stored {
+        Some(stored) if stored.operation == async_nats::jetstream::kv::Operation::Put => {
+            if let Ok(value) = RegistryEntry::from_json(&stored.value) {
+                entry.health = value.health;
+            }
+            Ok(stored.revision)
+        }
+        // Expired or deleted behind our back: write it afresh.
+        Some(stored) => Ok(stored.revision),
+        None => Ok(0),
+    }
+}
+
+/// Why a registry write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Conflict {
+    /// Compare-and-set: someone wrote the entry since the expected revision.
+    #[error("the registry entry changed since it was read")]
+    Changed,
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+impl From<Conflict> for Error {
+    fn from(conflict: Conflict) -> Error {
+        match conflict {
+            Conflict::Changed => {
+                Error::new(crate::error::ErrorKind::Transient, conflict.to_string())
+            }
+            Conflict::Failed(err) => err,
+        }
+    }
+}
+
+/// Writes an entry with a per-message TTL of three heartbeats (what `kv.put` does, plus
+/// the `Nats-TTL` header; the bucket allows per-key TTLs, see provisioning), and with
+/// `expected` (revision, 0 = absent) as compare-and-set. Used by the heartbeats and by
+/// the health checker. Returns the new revision.
+pub async fn write(
+    js: &JetStream,
+    entry: &RegistryEntry,
+    heartbeat: Duration,
+    expected: Option<u64>,
+) -> Result<u64, Conflict> {
     let key = entry.key()?;
     let ttl = (heartbeat * MISSED_HEARTBEATS).as_secs().max(1);
-    let publish = PublishMessage::build()
+    let mut publish = PublishMessage::build()
         .payload(entry.to_json()?.into())
         .header("Nats-TTL", format!("{ttl}s"));
-    js.send_publish(format!("$KV.{BUCKET_REGISTRY}.{key}"), publish)
+    if let Some(revision) = expected {
+        publish = publish.expected_last_subject_sequence(revision);
+    }
+    let ack = js
+        .send_publish(format!("$KV.{BUCKET_REGISTRY}.{key}"), publish)
         .await
         .map_err(|e| Error::nats("write registry entry", e))?
-        .await
-        .map_err(|e| Error::nats("write registry entry", e))?;
-    Ok(())
+        .await;
+    match ack {
+        Ok(ack) => Ok(ack.sequence),
+        Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Err(Conflict::Changed),
+        Err(err) => Err(Error::nats("write registry entry", err).into()),
+    }
 }
 
 /// Lifecycle events are best effort: the registry entry is the truth.

@@ -95,6 +95,27 @@ impl RegistryView {
         }
     }
 
+    /// [`RegistryView::lookup`] and [`RegistryView::serves`] under one read lock and
+    /// one map lookup: what the gateway asks per request.
+    pub fn route(&self, service: &str, operation: &str) -> (Lookup, bool) {
+        let Ok(state) = self.state.read() else {
+            return (Lookup::Unknown, false);
+        };
+        match state.services.get(service) {
+            Some(instances) => {
+                let live = instances.values().filter(|e| e.health.is_live()).count();
+                let lookup = if live == 0 {
+                    Lookup::NoLiveInstance
+                } else {
+                    Lookup::Live(live)
+                };
+                (lookup, Self::lists(instances, service, operation))
+            }
+            None if state.known.contains(service) => (Lookup::NoLiveInstance, false),
+            None => (Lookup::Unknown, false),
+        }
+    }
+
     /// Whether a live instance of `service` lists an endpoint on
     /// `svc.<service>.<operation>`; a read lock and a scan, no I/O, no allocation.
     pub fn serves(&self, service: &str, operation: &str) -> bool {
@@ -104,6 +125,10 @@ impl RegistryView {
         let Some(instances) = state.services.get(service) else {
             return false;
         };
+        Self::lists(instances, service, operation)
+    }
+
+    fn lists(instances: &HashMap<String, RegistryEntry>, service: &str, operation: &str) -> bool {
         instances
             .values()
             .filter(|e| e.health.is_live())

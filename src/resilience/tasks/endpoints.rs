@@ -1,0 +1,86 @@
+//! `tasks.get.<id>` and `tasks.cancel.<id>`.
+//!
+//! A get answers the task's state (JSON in KV `tasks`) in the caller's codec, 404 for
+//! an unknown id. A cancel moves a task that is not final to `canceled` with
+//! compare-and-set and publishes it on `tasks.events.<id>`; a worker that has not
+//! started it skips it, one running it drops the handler and discards its result. A
+//! task already completed, failed or canceled is left as it is, and the answer is its
+//! state, so the caller sees which happened first.
+
+use super::state::{Phase, TaskState, TaskStore, Transition};
+use super::submit::SOURCE;
+use crate::component::responder::{Reply, Request};
+use crate::error::Error;
+
+/// Which request of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Get,
+    Cancel,
+}
+
+pub async fn handle(store: &TaskStore, action: Action, request: Request) -> Result<Reply, Error> {
+    let id = parse_id(request.subject.as_str(), action)?;
+    let state = match action {
+        Action::Get => {
+            store
+                .get(id)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("no task {id}")))?
+                .0
+        }
+        Action::Cancel => cancel(store, id, &request).await?,
+    };
+    Ok(Reply::to(&request, &state))
+}
+
+async fn cancel(store: &TaskStore, id: &str, request: &Request) -> Result<TaskState, Error> {
+    let canceled = store
+        .transition(id, None, |state| {
+            (!state.state.is_final()).then(|| state.to(Phase::Canceled))
+        })
+        .await?;
+    match canceled {
+        Transition::Applied(state, _) => {
+            store
+                .publish_event(Some(&request.meta), SOURCE, &state)
+                .await;
+            Ok(state)
+        }
+        Transition::Declined(state) => Ok(state),
+    }
+}
+
+/// The id of `tasks.get.<id>` or `tasks.cancel.<id>`: a UUID, as submits create.
+fn parse_id(subject: &str, action: Action) -> Result<&str, Error> {
+    let prefix = match action {
+        Action::Get => "tasks.get.",
+        Action::Cancel => "tasks.cancel.",
+    };
+    let id = subject.strip_prefix(prefix).unwrap_or_default();
+    match uuid::Uuid::parse_str(id) {
+        Ok(_) if !id.contains('.') => Ok(id),
+        _ => Err(Error::invalid_input(format!(
+            "subject {subject:?} is not {prefix}<task id> with a UUID task id"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn task_ids_are_uuids() {
+        let id = uuid::Uuid::now_v7().to_string();
+        assert_eq!(
+            parse_id(&format!("tasks.get.{id}"), Action::Get).unwrap(),
+            id
+        );
+        for bad in ["tasks.get.", "tasks.get.nope", "tasks.cancel.x"] {
+            let err = parse_id(bad, Action::Get).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! Running one task a worker pulled, from the first look at its state to settlement.
+//!
+//! 1. Read the state: a task already final (completed by an earlier delivery, failed,
+//!    canceled) is acked and dropped, which is what makes a redelivered task complete
+//!    once; a task whose state is not stored yet (the submit writes it and the work
+//!    item at once) comes back in a moment.
+//! 2. Run the operation's handler on the work item's payload, in its codec. Every tick
+//!    (a third of the ack wait, at most a second) sends an in-progress ack, so a long
+//!    agent step is not redelivered. The first tick records the task `working` with
+//!    compare-and-set; later ones read it. A task found final meanwhile (canceled) has
+//!    its handler dropped. A task done within the first tick never writes `working`:
+//!    one write per task on the fast path, the outcome.
+//! 3. Record the outcome with compare-and-set, then settle the work item. The first
+//!    outcome recorded wins: a worker finding the task already final discards its own.
+//!    Failures follow the taxonomy ([`ErrorKind::handling`]): a retried kind is nak'ed
+//!    with a jittered delay until the last delivery; anything else, or the last
+//!    delivery failing, is dead-lettered, recorded `failed` and terminated.
+//!
+//! Every state change is published on `tasks.events.<id>`.
+//!
+//! [`ErrorKind::handling`]: crate::error::ErrorKind::handling
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{AckKind, Context as JetStream, Message};
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::BoxHandler;
+use super::tasks::TaskSettings;
+use crate::envelope::{Meta, to_display_json};
+use crate::error::{Error, ErrorKind};
+use crate::observability::metrics as m;
+use crate::resilience::deadletter::{self, DeadLetter, Failure};
+use crate::resilience::errorlog::{ErrorLog, Where};
+use crate::resilience::tasks::NAME;
+use crate::resilience::tasks::state::{Phase, TaskState, TaskStore, Transition, error_detail};
+use crate::subjects::{STREAM_TASKS, headers as h};
+
+/// Longest pause between two checks of a running task (in-progress ack, canceled?).
+const MAX_TICK: Duration = Duration::from_secs(1);
+/// First redelivery delay after a retried failure; doubles per delivery, jittered.
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Delay before a work item whose state could not be read or written comes back.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Bytes of a task's state besides its result (ids, times, headers), at most.
+const STATE_HEADROOM: usize = 2048;
+/// Delay before a work item whose state is not stored yet comes back.
+const STATE_PENDING: Duration = Duration::from_millis(100);
+
+/// What every task run of one service instance shares.
+pub(crate) struct Worker {
+    pub store: TaskStore,
+    pub js: JetStream,
+    pub errors: ErrorLog,
+    pub consumer_name: String,
+    pub service: String,
+    pub instance: String,
+    /// `ce-source` of the events this worker publishes.
+    pub source: String,
+    pub handlers: HashMap<String, BoxHandler>,
+    pub settings: TaskSettings,
+}
+
+/// How running the handler ended.
+enum Ran {
+    Finished(Result<Vec<u8>, Error>),
+    /// Canceled while running: the handler was dropped.
+    Canceled,
+    /// The instance is stopping past its stop timeout: hand the task back.
+    Aborted,
+}
+
+/// Runs one work item to its settlement. Never panics, never leaves it unsettled
+/// except by dying.
+pub(crate) async fn run(worker: &Worker, message: Message, abort: &CancellationToken) {
+    let headers = message.headers.clone().unwrap_or_default();
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let Some(id) = headers.get(h::TASK_ID).map(|v| v.as_str().to_string()) else {
+        // Not published by the submitter: nothing to record it against.
+        let err = Error::invalid_input("work item without Switchyard-Task-Id");
+        let stored = give_up(worker, &message, &headers, delivered, seq, &err).await;
+        let settled = match stored {
+            true => AckKind::Term,
+            false => AckKind::Nak(Some(STORE_RETRY)),
+        };
+        settle(&message, settled).await;
+        return;
+    };
+    // One read, no write: a task that completes within the first tick goes from
+    // `submitted` straight to its outcome (see `run_handler`).
+    let mut known = match worker.store.get(&id).await {
+        Ok(Some((state, _))) if state.state.is_final() => {
+            tracing::debug!(task = %id, state = state.state.as_str(), "task already final; dropped");
+            settle(&message, AckKind::Ack).await;
+            return;
+        }
+        Ok(Some(found)) => found,
+        // The submit stores the state and the work item at once: the state may still
+        // be on its way. On the last delivery the submit surely failed: drop it.
+        Ok(None) if delivered < worker.settings.max_deliver => {
+            settle(&message, AckKind::Nak(Some(STATE_PENDING))).await;
+            return;
+        }
+        Ok(None) => {
+            tracing::warn!(task = %id, "work item of an unknown task; dropped");
+            settle(&message, AckKind::Ack).await;
+            return;
+        }
+        Err(err) => {
+            report(worker, &working_where(&message, &headers), &err);
+            settle(&message, AckKind::Nak(Some(STORE_RETRY))).await;
+            return;
+        }
+    };
+    let attempt = Attempt {
+        worker,
+        id: id.clone(),
+        delivered,
+    };
+    let operation = known.0.operation.clone();
+    let meta = Meta::from_headers(Some(&headers), "io.switchyard.task");
+
+    let started = Instant::now();
+    let ran = match (meta, worker.handlers.get(&operation)) {
+        (Err(err), _) => Ran::Finished(Err(err)),
+        // A mixed deployment: another instance may serve it.
+        (Ok(_), None) => Ran::Finished(Err(Error::unavailable(format!(
+            "this instance of {} has no operation {operation:?}",
+            worker.service
+        )))),
+        (Ok(meta), Some(handler)) => {
+            let call = handler(meta, message.payload.clone());
+            run_handler(&attempt, &message, &mut known, call, abort).await
+        }
+    };
+    m::task_run(&worker.service, &operation, started.elapsed());
+    match ran {
+        Ran::Finished(Ok(answer)) => match result_json(worker, &answer) {
+            Ok(result) => complete(&attempt, &message, known, result).await,
+            Err(err) => fail(&attempt, &message, &headers, known, seq, err).await,
+        },
+        Ran::Finished(Err(err)) => fail(&attempt, &message, &headers, known, seq, err).await,
+        Ran::Canceled => settle(&message, AckKind::Ack).await,
+        Ran::Aborted => settle(&message, AckKind::Nak(None)).await,
+    }
+}
+
+/// One delivery of one task, as this worker runs it.
+struct Attempt<'a> {
+    worker: &'a Worker,
+    id: String,
+    delivered: i64,
+}
+
+impl Attempt<'_> {
+    /// `state` moved to `phase` by this attempt.
+    fn next(&self, state: &TaskState, phase: Phase) -> TaskState {
+        TaskState {
+            attempts: self.delivered.max(0) as u64,
+            worker: Some(self.worker.instance.clone()),
+            ..state.to(phase)
+        }
+    }
+
+    /// Records `next(state)` unless the task is final by now.
+    async fn record(
+        &self,
+        known: (TaskState, u64),
+        next: impl Fn(&TaskState) -> TaskState,
+    ) -> Result<Transition, Error> {
+        self.worker
+            .store
+            .transition(&self.id, Some(known), |state| {
+                (!state.state.is_final()).then(|| next(state))
+            })
+            .await
+    }
+}
+
+/// Polls the handler; every tick sends an in-progress ack and looks at the task. The
+/// first tick records it `working` (so only tasks that run that long write it); later
+/// ones read it. Either way a task found final (canceled, or completed by another
+/// delivery) has its handler dropped.
+async fn run_handler(
+    attempt: &Attempt<'_>,
+    message: &Message,
+    known: &mut (TaskState, u64),
+    call: futures::future::BoxFuture<'static, Result<Vec<u8>, Error>>,
+    abort: &CancellationToken,
+) -> Ran {
+    let (worker, id) = (attempt.worker, attempt.id.as_str());
+    let tick = (worker.settings.ack_wait / 3).min(MAX_TICK);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    let mut call = AssertUnwindSafe(call).catch_unwind();
+    let mut recorded_working = false;
+    loop {
+        tokio::select! {
+            outcome = &mut call => {
+                return Ran::Finished(outcome.unwrap_or_else(|_| {
+                    tracing::error!(task = %id, "task handler panicked");
+                    Err(Error::internal("the handler panicked"))
+                }));
+            }
+            _ = abort.cancelled() => return Ran::Aborted,
+            _ = ticks.tick() => {
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(%err, task = %id, "in-progress ack not sent");
+                }
+                let final_state = if recorded_working {
+                    match worker.store.get(id).await {
+                        Ok(Some((state, _))) => state.state.is_final().then_some(state),
+                        _ => None,
+                    }
+                } else {
+                    match attempt.record(known.clone(), |s| attempt.next(s, Phase::Working)).await {
+                        Ok(Transition::Applied(state, revision)) => {
+                            recorded_working = true;
+                            worker.store.publish_event(None, &worker.source, &state).await;
+                            *known = (state, revision);
+                            None
+                        }
+                        Ok(Transition::Declined(state)) => Some(state),
+                        Err(err) => {
+                            tracing::debug!(%err, task = %id, "working not recorded yet");
+                            None
+                        }
+                    }
+                };
+                if let Some(state) = final_state {
+                    tracing::info!(task = %id, state = state.state.as_str(), "task final while running; handler dropped");
+                    return Ran::Canceled;
+                }
+            }
+        }
+    }
+}
+
+/// Records the answer unless an outcome is already recorded, then acks.
+async fn complete(
+    attempt: &Attempt<'_>,
+    message: &Message,
+    known: (TaskState, u64),
+    result: serde_json::Value,
+) {
+    let recorded = attempt
+        .record(known, |state| TaskState {
+            result: Some(result.clone()),
+            error: None,
+            ..attempt.next(state, Phase::Completed)
+        })
+        .await;
+    finish(attempt.worker, message, recorded, AckKind::Ack).await;
+}
+
+/// The handler's answer as the JSON the state keeps (it is in the caller's codec). An
+/// answer the state cannot hold (over `max_payload` with room for the rest) fails the
+/// task for good: running it again would give the same answer.
+fn result_json(worker: &Worker, answer: &[u8]) -> Result<serde_json::Value, Error> {
+    let display = to_display_json(answer);
+    let room = worker
+        .store
+        .client()
+        .max_payload()
+        .saturating_sub(STATE_HEADROOM);
+    if display.len() > room {
+        return Err(Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "the task's result of {} bytes does not fit in KV tasks (at most {room})",
+                display.len()
+            ),
+        ));
+    }
+    Ok(serde_json::from_slice(&display)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(answer).into())))
+}
+
+/// A failed run: retried later, or dead-lettered and recorded `failed`.
+async fn fail(
+    attempt: &Attempt<'_>,
+    message: &Message,
+    headers: &HeaderMap,
+    known: (TaskState, u64),
+    seq: u64,
+    err: Error,
+) {
+    let worker = attempt.worker;
+    report(worker, &working_where(message, headers), &err);
+    let detail = error_detail(&err);
+    let with_error = |phase| {
+        let detail = detail.clone();
+        move |state: &TaskState| TaskState {
+            error: Some(detail.clone()),
+            ..attempt.next(state, phase)
+        }
+    };
+    let retried = err.kind().handling().retried;
+    if retried && attempt.delivered < worker.settings.max_deliver {
+        // Still working as far as callers are concerned, with the reason on record.
+        let noted = attempt.record(known, with_error(Phase::Working)).await;
+        if let Ok(Transition::Applied(state, _)) = &noted {
+            worker
+                .store
+                .publish_event(None, &worker.source, state)
+                .await;
+        }
+        settle(message, AckKind::Nak(Some(retry_delay(attempt.delivered)))).await;
+        return;
+    }
+    // Stored before the state says failed, so a failed task always has its entry.
+    if !give_up(worker, message, headers, attempt.delivered, seq, &err).await {
+        settle(message, AckKind::Nak(Some(STORE_RETRY))).await;
+        return;
+    }
+    let recorded = attempt.record(known, with_error(Phase::Failed)).await;
+    finish(worker, message, recorded, AckKind::Term).await;
+}
+
+/// Publishes the recorded outcome and settles with `done`; an outcome recorded first
+/// by someone else (a cancel, another delivery) is left alone and the item acked.
+async fn finish(
+    worker: &Worker,
+    message: &Message,
+    recorded: Result<Transition, Error>,
+    done: AckKind,
+) {
+    match recorded {
+        Ok(Transition::Applied(state, _)) => {
+            worker
+                .store
+                .publish_event(None, &worker.source, &state)
+                .await;
+            settle(message, done).await;
+        }
+        Ok(Transition::Declined(state)) => {
+            tracing::debug!(task = %state.id, state = state.state.as_str(), "outcome already recorded; ours discarded");
+            settle(message, AckKind::Ack).await;
+        }
+        Err(err) => {
+            report(worker, &Where::default(), &err);
+            settle(message, AckKind::Nak(Some(STORE_RETRY))).await;
+        }
+    }
+}
+
+/// Dead-letters the work item; whether it is stored.
+async fn give_up(
+    worker: &Worker,
+    message: &Message,
+    headers: &HeaderMap,
+    delivered: i64,
+    seq: u64,
+    err: &Error,
+) -> bool {
+    let letter = DeadLetter {
+        component: NAME,
+        subject: message.subject.as_str(),
+        headers,
+        payload: message.payload.clone(),
+        error: err,
+        deliveries: delivered,
+        origin: format!("{}:{seq}", STREAM_TASKS.name),
+        target: None,
+    };
+    let failure = Failure {
+        consumer: Some(&worker.consumer_name),
+        first_failure: None,
+    };
+    match deadletter::publish_with(&worker.js, &letter, &failure).await {
+        Ok(_) => true,
+        Err(dlq_err) => {
+            report(worker, &Where::default(), &dlq_err);
+            false
+        }
+    }
+}
+
+async fn settle(message: &Message, kind: AckKind) {
+    if let Err(err) = message.ack_with(kind).await {
+        tracing::warn!(%err, subject = %message.subject, "cannot settle a task; it will be redelivered");
+    }
+}
+
+fn report(worker: &Worker, at: &Where<'_>, err: &Error) {
+    let at = Where {
+        service: Some(&worker.service),
+        ..at.clone()
+    };
+    worker.errors.report(NAME, err, at);
+}
+
+fn working_where<'a>(message: &'a Message, headers: &'a HeaderMap) -> Where<'a> {
+    Where {
+        subject: Some(message.subject.as_str()),
+        traceparent: headers.get(h::TRACEPARENT).map(|v| v.as_str()),
+        ..Where::default()
+    }
+}
+
+/// Delay before the next delivery after the `delivered`-th failed: doubling from
+/// [`RETRY_BASE`] up to [`RETRY_MAX`], half fixed and half random so tasks that failed
+/// together do not come back together.
+fn retry_delay(delivered: i64) -> Duration {
+    let doublings = delivered.clamp(1, 16) as u32 - 1;
+    let base = RETRY_BASE.saturating_mul(1 << doublings).min(RETRY_MAX);
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    base / 2 + base / 2 * jitter / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_jittered_and_bounded() {
+        for delivered in 1..20 {
+            let delay = retry_delay(delivered);
+            let doublings = (delivered.clamp(1, 16) - 1) as u32;
+            let base = RETRY_BASE.saturating_mul(1 << doublings).min(RETRY_MAX);
+            assert!(delay >= base / 2 && delay <= base, "{delivered}: {delay:?}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Switchyard on a three-node NATS cluster (loopback, free ports, the shape of
+//! `nats/cluster/`): streams and buckets get three replicas by themselves, two
+//! instances of the components share the work (both gateways answer), and exactly one
+//! coordinator leads.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Process, free_addr};
+use switchyard::nats::{EmbeddedServer, ServerOptions};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Three nodes with generated configurations; dropped, they stop.
+fn start_cluster(dir: &std::path::Path) -> (Vec<EmbeddedServer>, String) {
+    let clients: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let routes: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let route_urls: Vec<String> = routes.iter().map(|r| format!("nats-route://{r}")).collect();
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let node = dir.join(format!("n{i}"));
+        std::fs::create_dir_all(&node).unwrap();
+        let config = node.join("node.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "server_name: n{i}\nmax_payload: 1MB\n\
+                 jetstream {{ max_file_store: 16GB, max_memory_store: 256MB }}\n\
+                 cluster {{ name: test, listen: {}, routes: [{}] }}\n",
+                routes[i],
+                route_urls.join(", ")
+            ),
+        )
+        .unwrap();
+        servers.push(
+            EmbeddedServer::start(ServerOptions {
+                listen: clients[i],
+                data_dir: node.join("store"),
+                config: Some(config),
+                binary: None,
+            })
+            .expect("a cluster node"),
+        );
+    }
+    let url = clients
+        .iter()
+        .map(|c| format!("nats://{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (servers, url)
+}
+
+fn gauge(admin: SocketAddr, series: &str) -> Option<f64> {
+    let (_, body) = common::http_get(admin, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_work_on_a_three_node_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, url) = start_cluster(dir.path());
+    let client = switchyard::nats::connect(&url, "cluster-test")
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    common::until(
+        "the cluster elects a JetStream meta leader",
+        WAIT,
+        || async { js.query_account().await.ok() },
+    )
+    .await;
+
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let (admin, http) = (free_addr(), free_addr());
+        let process = Process::spawn(
+            &[
+                "run",
+                "instance",
+                "registry",
+                "coordinator",
+                "gateway",
+                "--nats",
+                &url,
+                "--admin",
+                &admin.to_string(),
+                "--http",
+                &http.to_string(),
+            ],
+            dir.path(),
+        );
+        instances.push((process, admin));
+    }
+    for (_, admin) in &instances {
+        let admin = *admin;
+        common::until("an instance is ready", WAIT, || async move {
+            common::http_get(admin, "/readyz").filter(|(code, _)| *code == 200)
+        })
+        .await;
+    }
+
+    // Three replicas without being told: the server is clustered.
+    for stream in ["DATA", "EVENTS", "KV_registry", "KV_coord"] {
+        let mut s = js.get_stream(stream).await.unwrap();
+        assert_eq!(s.info().await.unwrap().config.num_replicas, 3, "{stream}");
+    }
+
+    // One leader among the two coordinators.
+    common::until("exactly one coordinator leads", WAIT, || async {
+        let leaders: f64 = instances
+            .iter()
+            .map(|(_, admin)| gauge(*admin, "switchyard_coordinator_leader").unwrap_or(0.0))
+            .sum();
+        (leaders == 1.0).then_some(())
+    })
+    .await;
+
+    // The gateways split the requests (queue group): both answer some of 60.
+    let echo = switchyard::demo::echo::service()
+        .unwrap()
+        .start(&client)
+        .await
+        .unwrap();
+    common::until("the gateways see echo", WAIT, || async {
+        client
+            .request("api.echo.say", "\"hi\"".into())
+            .await
+            .ok()
+            .filter(|r| {
+                r.headers
+                    .as_ref()
+                    .is_none_or(|h| h.get("Nats-Service-Error-Code").is_none())
+            })
+    })
+    .await;
+    for _ in 0..60 {
+        let reply = client
+            .request("api.echo.say", "\"hi\"".into())
+            .await
+            .unwrap();
+        assert_eq!(&reply.payload[..], b"\"hi\"");
+    }
+    for (_, admin) in &instances {
+        let served = gauge(
+            *admin,
+            "switchyard_gateway_requests_total{service=\"echo\",operation=\"say\",code=\"200\"}",
+        )
+        .unwrap_or(0.0);
+        assert!(
+            served > 0.0,
+            "each gateway answers a share; {admin} answered none"
+        );
+    }
+    echo.stop().await;
+}
