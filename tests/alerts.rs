@@ -144,3 +144,53 @@ async fn an_incident_fires_once_and_resolves_once() {
     assert_eq!(first.rule, "dlq-not-empty");
     coordinator.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_raises_an_alert_until_it_closes() {
+    use switchyard::integration::bus;
+    use switchyard::integration::gateway::breaker_events::BreakerChange;
+    let (server, client) = common::provisioned().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let change = |change: &str| BreakerChange {
+        change: change.into(),
+        service: "echo".into(),
+        instance: "gw-1".into(),
+    };
+    // Opened before the coordinator starts: learnt from the stream's history.
+    bus::publish(&js, &client, "urn:test", &change("opened"), None)
+        .await
+        .unwrap();
+    let mut alerts = client.subscribe("alerts.>").await.unwrap();
+    let rule = json!({"condition": {"breaker_open": {}}, "for": "0s", "severity": "critical"});
+    let mut file_rules = BTreeMap::new();
+    file_rules.insert(
+        "breakers".to_string(),
+        serde_json::from_value(rule).unwrap(),
+    );
+    let coordinator = CoordinatorComponent::new(Duration::from_secs(1)).with_alerts(AlertConfig {
+        file_rules,
+        webhook: None,
+        every: Duration::from_millis(200),
+    });
+    let coordinator = common::supervise(&server, Box::new(coordinator)).await;
+    let fired = tokio::time::timeout(WAIT, alerts.next())
+        .await
+        .expect("the alert fires")
+        .unwrap();
+    assert_eq!(fired.subject.as_str(), "alerts.critical.breakers");
+    let event: AlertEvent = serde_json::from_slice(&fired.payload).unwrap();
+    assert_eq!(
+        (event.state.as_str(), event.subject.as_str()),
+        ("firing", "echo")
+    );
+    bus::publish(&js, &client, "urn:test", &change("closed"), None)
+        .await
+        .unwrap();
+    let resolved = tokio::time::timeout(WAIT, alerts.next())
+        .await
+        .expect("the alert resolves")
+        .unwrap();
+    let event: AlertEvent = serde_json::from_slice(&resolved.payload).unwrap();
+    assert_eq!(event.state, "resolved");
+    coordinator.stop(Duration::from_secs(5)).await;
+}

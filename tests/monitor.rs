@@ -64,6 +64,10 @@ async fn the_status_document_shows_services_streams_consumers_and_the_dlq() {
     assert_eq!(instances[0].instance, echo.id());
     assert_eq!(instances[0].requests, Some(5), "{status:?}");
     assert_eq!(instances[0].errors, Some(0));
+    assert!(
+        instances[0].p99_ms.is_some_and(|p| p >= 0.0),
+        "the SDK reports its recent p99 in STATS: {status:?}"
+    );
     assert_eq!(status.dlq_depth, 2);
     let consumer = status
         .streams

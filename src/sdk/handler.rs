@@ -61,6 +61,8 @@ pub(crate) struct Endpoint {
     /// `ce-source` of answers: `urn:switchyard:svc:<service>:<instance>`.
     pub source: String,
     pub handler: BoxHandler,
+    /// Recent handling times, reported in the endpoint's micro STATS.
+    pub latency: Arc<super::latency::LatencyWindow>,
 }
 
 /// Answers one request; every outcome is counted under its code.
@@ -126,12 +128,9 @@ pub(crate) async fn handle(endpoint: &Endpoint, request: Request) {
     if let Err(err) = sent {
         tracing::warn!(%err, service = %endpoint.service, operation = %endpoint.operation, "cannot send reply");
     }
-    m::sdk_request(
-        &endpoint.service,
-        &endpoint.operation,
-        Some(code),
-        started.elapsed(),
-    );
+    let took = started.elapsed();
+    endpoint.latency.record(took);
+    m::sdk_request(&endpoint.service, &endpoint.operation, Some(code), took);
 }
 
 /// Follow-up headers for an error reply (micro adds the two error headers and an

@@ -43,6 +43,7 @@
 
 mod args;
 mod handler;
+mod latency;
 mod routing;
 mod running;
 mod serving;

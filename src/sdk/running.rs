@@ -14,9 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use super::Service;
 use super::handler::{self, Endpoint};
-use super::routing;
 use super::serving::{Lifetime, Rejoin, serve_endpoint};
 use super::tasks;
+use super::{latency, routing};
 use crate::error::Error;
 use crate::integration::registry::registrar::{hostname, now};
 use crate::integration::registry::{EndpointEntry, Health, Registrar, RegistryEntry};
@@ -71,9 +71,23 @@ pub(super) async fn start(service: Service, client: &Client) -> Result<RunningSe
             service.name
         )));
     }
+    // One latency window per operation, read by micro's STATS answers.
+    let windows: latency::Windows = Arc::new(
+        service
+            .operations
+            .iter()
+            .map(|(operation, _)| (operation.clone(), Arc::default()))
+            .collect(),
+    );
+    let reported = windows.clone();
     let micro = client
         .service_builder()
         .description(&service.description)
+        .stats_handler(move |endpoint, _| {
+            reported
+                .get(&endpoint)
+                .map_or(serde_json::Value::Null, |w| w.summary())
+        })
         .metadata(
             service
                 .metadata
@@ -119,6 +133,7 @@ pub(super) async fn start(service: Service, client: &Client) -> Result<RunningSe
             source: format!("urn:switchyard:svc:{}:{id}", service.name),
             operation: operation.clone(),
             handler,
+            latency: windows.get(&operation).cloned().unwrap_or_default(),
         };
         let endpoint = Arc::new(endpoint);
         if let Err(err) = running.serve(endpoint.clone(), &subject).await {

@@ -49,6 +49,7 @@ pub fn evaluate(
     rules: &BTreeMap<String, AlertRule>,
     status: &Status,
     previous: &Counters,
+    open_breakers: &HashMap<String, usize>,
 ) -> Vec<Observation> {
     let now = counters(status);
     let delta = |service: &str| {
@@ -93,6 +94,14 @@ pub fn evaluate(
                     }
                 }
             }
+            Condition::LatencyP99Ms { service, above } => {
+                for (svc, s) in status.services.iter().filter(|(s, _)| matches(service, s)) {
+                    let p99 = s.instances.iter().filter_map(|i| i.p99_ms).reduce(f64::max);
+                    if let Some(p99) = p99.filter(|p| p > above) {
+                        hold(svc.clone(), p99);
+                    }
+                }
+            }
             Condition::DlqDepth { above } => {
                 if status.dlq_depth > *above {
                     hold(String::new(), status.dlq_depth as f64);
@@ -109,6 +118,11 @@ pub fn evaluate(
                             hold(format!("{}/{}", s.name, c.name), c.pending as f64);
                         }
                     }
+                }
+            }
+            Condition::BreakerOpen { service } => {
+                for (svc, gateways) in open_breakers.iter().filter(|(s, _)| matches(service, s)) {
+                    hold(svc.clone(), *gateways as f64);
                 }
             }
             Condition::UnhealthyInstances { service, above } => {

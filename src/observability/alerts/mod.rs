@@ -7,6 +7,7 @@
 //! Firing incidents are also written to KV `coord` (`incidents.<rule>`), so a new
 //! leader carries them on instead of announcing them again.
 
+pub mod breakers;
 pub mod evaluate;
 pub mod rules;
 pub mod webhook;
@@ -135,6 +136,15 @@ pub async fn run(
             led = leadership.wait_for(Option::is_some) => if led.is_err() { return },
         }
         let mut incidents = load_incidents(&kv).await;
+        // Followed while this term lasts.
+        let term = stop.child_token();
+        let breakers = match breakers::Breakers::start(&ctx, term.clone()).await {
+            Ok(breakers) => breakers,
+            Err(err) => {
+                tracing::warn!(%err, "breaker alerts unavailable");
+                breakers::Breakers::default()
+            }
+        };
         let mut previous = None;
         let mut tick = tokio::time::interval(config.every);
         while leadership.borrow().is_some() {
@@ -152,9 +162,10 @@ pub async fn run(
             let all = rules.all();
             let counters = evaluate::counters(&status);
             // Rates need two evaluations; the first one only sets the baseline.
+            let open = breakers.open();
             let seen = match &previous {
-                Some(previous) => evaluate::evaluate(&all, &status, previous),
-                None => evaluate::evaluate(&all, &status, &counters),
+                Some(previous) => evaluate::evaluate(&all, &status, previous, &open),
+                None => evaluate::evaluate(&all, &status, &counters, &open),
             };
             previous = Some(counters);
             let hold = |rule: &str| all.get(rule).map_or(Duration::ZERO, |r| r.hold);
@@ -169,6 +180,7 @@ pub async fn run(
             }
             export(&all, &incidents);
         }
+        term.cancel();
     }
 }
 

@@ -39,6 +39,13 @@ pub enum Condition {
         service: String,
         above: f64,
     },
+    /// The 99th percentile of a service's handling time over the last minute, in ms:
+    /// the slowest instance's (each SDK instance reports it in its micro STATS).
+    LatencyP99Ms {
+        #[serde(default = "any")]
+        service: String,
+        above: f64,
+    },
     /// Messages in stream `DLQ`.
     DlqDepth { above: u64 },
     /// Messages a consumer has not received yet.
@@ -48,6 +55,11 @@ pub enum Condition {
         #[serde(default = "any")]
         consumer: String,
         above: u64,
+    },
+    /// Gateway instances whose circuit breaker for a service is open.
+    BreakerOpen {
+        #[serde(default = "any")]
+        service: String,
     },
     /// Instances of a service that are unhealthy.
     UnhealthyInstances {
@@ -114,7 +126,8 @@ impl AlertRule {
                     return Err(Error::invalid_input("error_ratio above must be in 0..1"));
                 }
             }
-            Condition::LatencyMs { service, above } => {
+            Condition::LatencyMs { service, above }
+            | Condition::LatencyP99Ms { service, above } => {
                 name_ok("service", service)?;
                 if !above.is_finite() || *above <= 0.0 {
                     return Err(Error::invalid_input("latency_ms above must be positive"));
@@ -126,7 +139,9 @@ impl AlertRule {
                 name_ok("stream", stream)?;
                 name_ok("consumer", consumer)?;
             }
-            Condition::UnhealthyInstances { service, .. } => name_ok("service", service)?,
+            Condition::UnhealthyInstances { service, .. } | Condition::BreakerOpen { service } => {
+                name_ok("service", service)?
+            }
             Condition::DlqDepth { .. } => {}
         }
         Ok(())

@@ -49,6 +49,10 @@ pub struct InstanceStatus {
     pub errors: Option<u64>,
     /// Average handling time in milliseconds over the instance's life.
     pub average_ms: Option<f64>,
+    /// The slowest of its operations' 99th percentile handling time over the last
+    /// minute (the SDK reports it in each endpoint's STATS `data`).
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -84,6 +88,8 @@ struct MicroEndpoint {
     num_errors: u64,
     #[serde(default)]
     processing_time: u64,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
 }
 
 /// Builds the document. Parts that cannot be read are left empty rather than failing
@@ -96,15 +102,20 @@ pub async fn collect(client: &Client, js: &JetStream) -> Result<Status, Error> {
     let entries = registry_entries(js).await?;
     let stats = futures::future::join_all(entries.iter().map(|e| micro_stats(client, e))).await;
     for (entry, stats) in entries.into_iter().zip(stats) {
-        let (requests, errors, average_ms) = match stats {
+        let (requests, errors, average_ms, p99_ms) = match stats {
             Some(s) => {
                 let requests: u64 = s.endpoints.iter().map(|e| e.num_requests).sum();
                 let errors = s.endpoints.iter().map(|e| e.num_errors).sum();
                 let nanos: u64 = s.endpoints.iter().map(|e| e.processing_time).sum();
                 let average = (requests > 0).then(|| nanos as f64 / requests as f64 / 1e6);
-                (Some(requests), Some(errors), average)
+                let p99 = s
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| e.data.as_ref()?.get("p99_ms")?.as_f64())
+                    .reduce(f64::max);
+                (Some(requests), Some(errors), average, p99)
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         status
             .services
@@ -120,6 +131,7 @@ pub async fn collect(client: &Client, js: &JetStream) -> Result<Status, Error> {
                 requests,
                 errors,
                 average_ms,
+                p99_ms,
             });
     }
     for stream in STREAMS {
@@ -198,7 +210,7 @@ async fn leader(js: &JetStream) -> Option<String> {
 /// The document as the table `switchyard status` prints.
 pub fn render(status: &Status) -> String {
     let mut out = format!(
-        "Switchyard status at {}\nleader: {}   DLQ depth: {}\n\nSERVICE              INSTANCE                              HEALTH     REQUESTS   ERRORS   AVG MS\n",
+        "Switchyard status at {}\nleader: {}   DLQ depth: {}\n\nSERVICE              INSTANCE                              HEALTH     REQUESTS   ERRORS   AVG MS   P99 MS\n",
         status.time,
         status.leader.as_deref().unwrap_or("none"),
         status.dlq_depth
@@ -210,13 +222,14 @@ pub fn render(status: &Status) -> String {
         for i in &service.instances {
             let dash = || "-".to_string();
             out.push_str(&format!(
-                "{:<20} {:<37} {:<10} {:>8} {:>8} {:>8}\n",
+                "{:<20} {:<37} {:<10} {:>8} {:>8} {:>8} {:>8}\n",
                 name,
                 i.instance,
                 format!("{:?}", i.health).to_lowercase(),
                 i.requests.map_or_else(dash, |v| v.to_string()),
                 i.errors.map_or_else(dash, |v| v.to_string()),
                 i.average_ms.map_or_else(dash, |v| format!("{v:.2}")),
+                i.p99_ms.map_or_else(dash, |v| format!("{v:.2}")),
             ));
         }
     }
