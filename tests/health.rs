@@ -480,8 +480,8 @@ async fn drained_and_degraded_instances_leave_the_queue_group_while_a_healthy_on
             .unwrap()
     };
     let (a, b) = (start().await, start().await);
-    let entry_a = a.entry().unwrap().clone();
-    let entry_b = b.entry().unwrap().clone();
+    let key_a = a.entry().unwrap().key().unwrap();
+    let key_b = b.entry().unwrap().key().unwrap();
     // Sends 40 calls; how many reached A and B.
     let split = || async {
         let before = (served(&client, a.id()).await, served(&client, b.id()).await);
@@ -498,7 +498,7 @@ async fn drained_and_degraded_instances_leave_the_queue_group_while_a_healthy_on
     };
 
     // Draining A: every call goes to B once A has seen its entry change.
-    set_health(&js, &registry, &entry_a, Health::Draining)
+    set_health(&js, &registry, &key_a, Health::Draining)
         .await
         .unwrap();
     common::until("A leaves the group", WAIT, || async {
@@ -506,7 +506,7 @@ async fn drained_and_degraded_instances_leave_the_queue_group_while_a_healthy_on
     })
     .await;
     // Healthy again: A rejoins and takes a share.
-    set_health(&js, &registry, &entry_a, Health::Healthy)
+    set_health(&js, &registry, &key_a, Health::Healthy)
         .await
         .unwrap();
     common::until("A rejoins", WAIT, || async {
@@ -514,14 +514,14 @@ async fn drained_and_degraded_instances_leave_the_queue_group_while_a_healthy_on
     })
     .await;
     // Degraded A with a healthy B: B serves alone. Both degraded: both serve.
-    set_health(&js, &registry, &entry_a, Health::Degraded)
+    set_health(&js, &registry, &key_a, Health::Degraded)
         .await
         .unwrap();
     common::until("degraded A serves last", WAIT, || async {
         (split().await == (0, 40)).then_some(())
     })
     .await;
-    set_health(&js, &registry, &entry_b, Health::Degraded)
+    set_health(&js, &registry, &key_b, Health::Degraded)
         .await
         .unwrap();
     common::until(

@@ -86,6 +86,20 @@ fn client_gateway_registry_service_and_back_then_instances_die() {
     // The last one dies: callers get 503 from the gateway, never a timeout.
     second.signal(libc::SIGKILL);
     let _ = second.wait(WAIT);
+    // Once the server has dropped the dead process's subscriptions (a request sent in
+    // the instant before can only time out: the server routed it to the dying socket).
+    let nats = switchyard::nats::embedded::find_tool("nats", None).unwrap();
+    eventually(WAIT, || {
+        let output = std::process::Command::new(&nats)
+            .args(["-s", &url, "req", "svc.echo.say", "{}", "--timeout", "1s"])
+            .output()
+            .ok()?;
+        // `nats req` reports "No responders are available" on stderr.
+        String::from_utf8_lossy(&output.stderr)
+            .contains("No responders")
+            .then_some(())
+    })
+    .expect("the server notices the process is gone");
     let (status, _, body) = eventually(WAIT, || {
         http_post(
             http,

@@ -44,6 +44,16 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
     Ok(client)
 }
 
+/// How the command-line tools (`flows`, `dlq`, `status`, `logs`, `events tail`…)
+/// connect: the configured server, else the local default, named after the tool.
+pub async fn connect_tool(config: &crate::config::Config, tool: &str) -> Result<Client, Error> {
+    let url = config
+        .nats_url
+        .clone()
+        .unwrap_or_else(|| crate::app::DEFAULT_NATS_URL.to_string());
+    connect(&url, &format!("switchyard-{tool}")).await
+}
+
 /// Waits until the server has processed everything this client sent before the call:
 /// a message to our own fresh inbox comes back only after the server handled every
 /// earlier SUB and PUB on this connection. (`Client::flush` only empties the socket

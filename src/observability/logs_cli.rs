@@ -63,7 +63,7 @@ pub fn subjects(level: &str, component: Option<&str>) -> Result<Vec<String>, Err
 
 pub async fn logs(config: Config, args: LogsArgs) -> Result<(), Error> {
     let filters = subjects(&args.level, args.component.as_deref())?;
-    let client = connect(&config, "switchyard-logs").await?;
+    let client = crate::nats::connect::connect_tool(&config, "logs").await?;
     let js = async_nats::jetstream::new(client);
     let stream = js
         .get_stream(STREAM_LOGS.name)
@@ -116,7 +116,7 @@ pub fn line(record: &LogRecord) -> String {
 }
 
 pub async fn log_level(config: Config, args: LogLevelArgs) -> Result<(), Error> {
-    let client = connect(&config, "switchyard-log-level").await?;
+    let client = crate::nats::connect::connect_tool(&config, "log-level").await?;
     let inbox = client.new_inbox();
     let mut replies = client
         .subscribe(inbox.clone())
@@ -158,14 +158,6 @@ pub async fn log_level(config: Config, args: LogLevelArgs) -> Result<(), Error> 
         )),
         (None, _) => Ok(()),
     }
-}
-
-async fn connect(config: &Config, name: &str) -> Result<async_nats::Client, Error> {
-    let url = config
-        .nats_url
-        .clone()
-        .unwrap_or_else(|| crate::app::DEFAULT_NATS_URL.to_string());
-    crate::nats::connect(&url, name).await
 }
 
 #[cfg(test)]

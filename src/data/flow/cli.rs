@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use super::rule::{Rule, RuleSpec, check_conflicts};
-use crate::app::DEFAULT_NATS_URL;
 use crate::cli::FlowsCommand;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
@@ -21,10 +20,7 @@ use crate::subjects::{BUCKET_FLOWS, validate_token};
 
 /// The command: connect, run, print.
 pub async fn run(config: Config, command: FlowsCommand) -> Result<(), Error> {
-    let url = config
-        .nats_url
-        .unwrap_or_else(|| DEFAULT_NATS_URL.to_string());
-    let client = crate::nats::connect(&url, "switchyard-flows").await?;
+    let client = crate::nats::connect::connect_tool(&config, "flows").await?;
     let js = async_nats::jetstream::new(client);
     let kv = js.get_key_value(BUCKET_FLOWS).await.map_err(|e| {
         Error::nats(

@@ -22,7 +22,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::subscribe::{UNTYPED, filter_subject};
-use crate::app::DEFAULT_NATS_URL;
 use crate::cli::TailArgs;
 use crate::config::Config;
 use crate::envelope::{ContentType, Meta, decode_value};
@@ -75,10 +74,7 @@ impl TailOptions {
 /// caught up (`--no-follow`) or Ctrl-C.
 pub async fn run(config: Config, args: TailArgs) -> Result<(), Error> {
     let options = TailOptions::from_args(&args)?;
-    let url = config
-        .nats_url
-        .unwrap_or_else(|| DEFAULT_NATS_URL.to_string());
-    let client = crate::nats::connect(&url, "switchyard-events-tail").await?;
+    let client = crate::nats::connect::connect_tool(&config, "events-tail").await?;
     let js = async_nats::jetstream::new(client);
     let mut out = std::io::stdout();
     tokio::select! {

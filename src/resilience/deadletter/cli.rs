@@ -16,7 +16,6 @@ use time::OffsetDateTime;
 use super::entry::{self, Entry};
 use super::filter::Filter;
 use super::replay::{Outcome, Replayer};
-use crate::app::DEFAULT_NATS_URL;
 use crate::cli::{DlqCommand, DlqFilterArgs, DlqPurgeArgs, DlqReplayArgs};
 use crate::config::Config;
 use crate::envelope::to_display_json;
@@ -27,10 +26,7 @@ const REASON_WIDTH: usize = 60;
 
 /// The command: connect, run, print.
 pub async fn run(config: Config, command: DlqCommand) -> Result<(), Error> {
-    let url = config
-        .nats_url
-        .unwrap_or_else(|| DEFAULT_NATS_URL.to_string());
-    let client = crate::nats::connect(&url, "switchyard-dlq").await?;
+    let client = crate::nats::connect::connect_tool(&config, "dlq").await?;
     let js = async_nats::jetstream::new(client.clone());
     let stream = entry::dlq_stream(&js).await?;
     let out = match command {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::envelope::{ContentType, Envelope, Meta, Outgoing};
 use crate::error::Error;
 use crate::integration::bus::{self, Event};
-use crate::integration::registry::{Health, RegistryEntry};
+use crate::integration::registry::{Health, RegistryEntry, entry};
 use crate::subjects::validate_token;
 use crate::system::health::checker::set_health;
 
@@ -174,8 +174,8 @@ impl Actions {
     }
 
     async fn drain(&self, service: &str, instance: &str) -> Result<String, Error> {
-        let entry = placeholder(service, instance);
-        match set_health(&self.js, &self.registry, &entry, Health::Draining).await? {
+        let key = entry::key(service, instance)?;
+        match set_health(&self.js, &self.registry, &key, Health::Draining).await? {
             Some(_) => Ok("done".into()),
             None => Ok("skipped: the instance is no longer registered".into()),
         }
@@ -214,7 +214,7 @@ impl Actions {
 
     /// Deletes the entry unless the instance recovered in the meantime.
     async fn deregister(&self, service: &str, instance: &str) -> Result<String, Error> {
-        let key = placeholder(service, instance).key()?;
+        let key = entry::key(service, instance)?;
         let stored = self
             .registry
             .entry(key.as_str())
@@ -287,24 +287,6 @@ impl Actions {
             .publish_with_headers(subject.to_string(), message.headers, message.payload)
             .await?;
         Ok("done".into())
-    }
-}
-
-/// An entry naming an instance, for the functions that only need its key.
-fn placeholder(service: &str, instance: &str) -> RegistryEntry {
-    RegistryEntry {
-        name: service.to_string(),
-        version: String::new(),
-        instance: instance.to_string(),
-        description: String::new(),
-        endpoints: Vec::new(),
-        metadata: Default::default(),
-        host: String::new(),
-        pid: 0,
-        started: String::new(),
-        last_heartbeat: String::new(),
-        heartbeat_ms: 0,
-        health: Health::Healthy,
     }
 }
 

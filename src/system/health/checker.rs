@@ -203,7 +203,7 @@ impl Checker {
         };
         let transition = watched.tracker.observe(&probe, &rules)?;
         watched.written = Some((transition.to, Instant::now()));
-        match set_health(&self.js, &self.registry, &entry, transition.to).await {
+        match set_health(&self.js, &self.registry, &key, transition.to).await {
             Ok(Some(entry)) => Some(Changed { entry, transition }),
             Ok(None) => None,
             Err(err) => {
@@ -216,18 +216,18 @@ impl Checker {
     }
 }
 
-/// Sets the health of a registered instance (compare-and-set, retried on a race with
-/// its heartbeat); `None` when the entry is gone. Also used by the drain action.
+/// Sets the health of the instance registered under `key` (`<service>.<instance>`;
+/// compare-and-set, retried on a race with its heartbeat); `None` when the entry is
+/// gone. Also used by the drain action.
 pub async fn set_health(
     js: &JetStream,
     registry: &Store,
-    entry: &RegistryEntry,
+    key: &str,
     health: Health,
 ) -> Result<Option<RegistryEntry>, Error> {
-    let key = entry.key()?;
     for _ in 0..5 {
         let stored = registry
-            .entry(key.as_str())
+            .entry(key)
             .await
             .map_err(|e| Error::nats("read registry entry", e))?;
         let Some(stored) = stored.filter(|s| s.operation == Operation::Put) else {

@@ -78,10 +78,7 @@ async fn export(ctx: Context) {
 
 /// `switchyard status [--json]`.
 pub async fn cli(config: crate::config::Config, json: bool) -> Result<(), Error> {
-    let url = config
-        .nats_url
-        .unwrap_or_else(|| crate::app::DEFAULT_NATS_URL.to_string());
-    let client = crate::nats::connect(&url, "switchyard-status").await?;
+    let client = crate::nats::connect::connect_tool(&config, "status").await?;
     let request = async_nats::Request::new()
         .payload(bytes::Bytes::from_static(b"{}"))
         .timeout(Some(Duration::from_secs(10)));
