@@ -1,5 +1,6 @@
 //! Header-value rules of the CloudEvents NATS binding and W3C trace context.
 
+use async_nats::HeaderMap;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 /// CloudEvents NATS binding: percent-encode space, `"`, `%` and anything outside
@@ -60,6 +61,22 @@ impl TraceParent {
     }
 }
 
+/// The original's headers without JetStream publish controls (`Nats-Msg-Id`,
+/// `Nats-Expected-…`, `Nats-TTL`): copied as they are, they would act on the copy.
+pub fn without_publish_controls(original: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::new();
+    for (name, values) in original.iter() {
+        let text: &str = name.as_ref();
+        if text.len() >= 5 && text[..5].eq_ignore_ascii_case("nats-") {
+            continue;
+        }
+        for value in values {
+            copy.append(name.clone(), value.clone());
+        }
+    }
+    copy
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +107,22 @@ mod tests {
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn copies_drop_jetstream_publish_controls() {
+        let mut original = HeaderMap::new();
+        original.insert("ce-id", "abc");
+        original.insert("Nats-Msg-Id", "abc");
+        original.insert("Nats-Expected-Last-Subject-Sequence", "7");
+        original.insert("nats-ttl", "5s");
+        original.append("x-many", "1");
+        original.append("x-many", "2");
+        let copy = without_publish_controls(&original);
+        assert_eq!(copy.get("ce-id").map(|v| v.as_str()), Some("abc"));
+        assert!(copy.get("Nats-Msg-Id").is_none());
+        assert!(copy.get("Nats-Expected-Last-Subject-Sequence").is_none());
+        assert!(copy.get("nats-ttl").is_none());
+        assert_eq!(copy.get_all("x-many").count(), 2);
     }
 }

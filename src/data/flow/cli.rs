@@ -191,7 +191,7 @@ pub async fn ls(kv: &Store, json: bool) -> Result<String, Error> {
             updated(entry),
         ]);
     }
-    Ok(format!("{}{notes}", table(&rows)))
+    Ok(format!("{}{notes}", crate::cli::text_table(&rows)))
 }
 
 /// Every key of the bucket with its current value, parsed (or why it is invalid), in
@@ -254,33 +254,4 @@ fn updated(entry: &Entry) -> String {
 
 fn row(cells: &[&str]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                format!(
-                    "{cell:<width$}",
-                    width = widths.get(i).copied().unwrap_or(0)
-                )
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }

@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::pull::{self, Stream as Messages};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{AckKind, Context as JetStream, Message};
@@ -27,6 +26,7 @@ use tokio::sync::Semaphore;
 use super::view::Rules;
 use crate::component::Context;
 use crate::data::record::Record;
+use crate::envelope::without_publish_controls;
 use crate::error::Error;
 use crate::observability::metrics as m;
 use crate::resilience::deadletter::{self, DeadLetter, Failure};
@@ -290,7 +290,7 @@ impl Worker {
     }
 
     async fn copy_unrouted(&self, record: &Record) -> Result<(), Error> {
-        let mut headers = copied_headers(&record.headers);
+        let mut headers = without_publish_controls(&record.headers);
         headers.insert(h::ORIGINAL_SUBJECT, record.subject.as_str());
         headers.insert(h::ORIGINAL_SEQ, record.origin());
         headers.insert(h::NATS_MSG_ID, format!("unrouted:{}", record.origin()));
@@ -312,7 +312,7 @@ impl Worker {
                 ..Where::default()
             },
         );
-        let headers = copied_headers(&record.headers);
+        let headers = without_publish_controls(&record.headers);
         deadletter::publish_with(
             &self.js,
             &DeadLetter {
@@ -335,49 +335,10 @@ impl Worker {
     }
 }
 
-/// The record's headers without JetStream's publish controls (`Nats-*`: expected last
-/// sequence, TTL, rollup, message id): on the copy they would act on the copy's own
-/// publish, and could refuse it.
-pub fn copied_headers(original: &HeaderMap) -> HeaderMap {
-    let mut copy = HeaderMap::new();
-    for (name, values) in original.iter() {
-        let text: &str = name.as_ref();
-        if text.len() >= 5 && text[..5].eq_ignore_ascii_case("nats-") {
-            continue;
-        }
-        for value in values {
-            copy.append(name.clone(), value.clone());
-        }
-    }
-    copy
-}
-
 /// Acks, naks or terminates: a plain publish, no reply awaited. If it is lost, the
 /// record is delivered again after the ack wait and settled the same way.
 async fn settle(message: &Message, kind: AckKind) {
     if let Err(err) = message.ack_with(kind).await {
         tracing::debug!(%err, "cannot settle a record of consumer flow");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copies_drop_jetstream_publish_controls() {
-        let mut original = HeaderMap::new();
-        original.insert("ce-id", "abc");
-        original.insert("Nats-Msg-Id", "abc");
-        original.insert("Nats-Expected-Last-Subject-Sequence", "7");
-        original.insert("nats-ttl", "5s");
-        original.append("x-many", "1");
-        original.append("x-many", "2");
-        let copy = copied_headers(&original);
-        assert_eq!(copy.get("ce-id").map(|v| v.as_str()), Some("abc"));
-        assert!(copy.get("Nats-Msg-Id").is_none());
-        assert!(copy.get("Nats-Expected-Last-Subject-Sequence").is_none());
-        assert!(copy.get("nats-ttl").is_none());
-        assert_eq!(copy.get_all("x-many").count(), 2);
     }
 }

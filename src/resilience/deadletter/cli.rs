@@ -108,7 +108,7 @@ pub fn ls(entries: &[Entry], json: bool) -> Result<String, Error> {
             shorten(&reason, REASON_WIDTH),
         ]);
     }
-    Ok(table(&rows))
+    Ok(crate::cli::text_table(&rows))
 }
 
 /// `dlq show <seq>`: the headers, sorted, and the payload as readable JSON.
@@ -328,30 +328,6 @@ fn shorten(text: &str, width: usize) -> String {
     }
     let cut: String = text.chars().take(width.saturating_sub(1)).collect();
     format!("{cut}…")
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -220,21 +220,7 @@ pub async fn publish_gone(
     Ok(seq)
 }
 
-/// The original's headers without JetStream publish controls (`Nats-Msg-Id`,
-/// `Nats-Expected-…`, `Nats-TTL`): copied as they are, they would act on the copy.
-pub fn without_publish_controls(original: &HeaderMap) -> HeaderMap {
-    let mut copy = HeaderMap::new();
-    for (name, values) in original.iter() {
-        let text: &str = name.as_ref();
-        if text.len() >= 5 && text[..5].eq_ignore_ascii_case("nats-") {
-            continue;
-        }
-        for value in values {
-            copy.append(name.clone(), value.clone());
-        }
-    }
-    copy
-}
+pub use crate::envelope::without_publish_controls;
 
 /// Publishes one entry to stream `DLQ` and waits for the stream's ack: its sequence.
 async fn store(
