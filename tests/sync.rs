@@ -145,6 +145,16 @@ fn rule(name: &str, source: &str, target: &str, subject: &str) -> serde_json::Va
 
 /// Publishes record `n` of key `k` with JetStream (acked) and returns its id.
 async fn publish(js: &jetstream::Context, source: &str, k: &str, n: u64) -> String {
+    try_publish(js, source, k, n).await.unwrap()
+}
+
+/// [`publish`] that reports a failed publish instead of panicking.
+async fn try_publish(
+    js: &jetstream::Context,
+    source: &str,
+    k: &str,
+    n: u64,
+) -> Result<String, String> {
     let id = format!("{source}-{n}");
     let mut headers = HeaderMap::new();
     headers.insert(h::CE_ID, id.as_str());
@@ -153,10 +163,10 @@ async fn publish(js: &jetstream::Context, source: &str, k: &str, n: u64) -> Stri
     let payload = serde_json::to_vec(&serde_json::json!({"k": k, "n": n})).unwrap();
     js.publish_with_headers(format!("data.in.{source}.x"), headers, payload.into())
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .await
-        .unwrap();
-    id
+        .map_err(|e| e.to_string())?;
+    Ok(id)
 }
 
 async fn status_of(client: &async_nats::Client, target: &str, id: &str) -> Option<Status> {
@@ -504,4 +514,57 @@ async fn malformed_records_are_dead_lettered_with_the_reason_and_never_delivered
         "{reasons:?}"
     );
     assert!(reasons["no-key"].contains("key"), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_under_load_loses_nothing_acknowledged() {
+    let (mut server, client) = common::provisioned().await;
+    let js = jetstream::new(client.clone());
+    let target = TestTarget::serve(&client, "test.restart", 0).await;
+    put_rule(&client, "rs", rule("rs", "rs", "restart", "test.restart")).await;
+    let (_sync, admin) = run_flow_sync(&server.url());
+    wait_ready(admin);
+
+    // Every record whose publish was acknowledged must be applied, restart or not.
+    let mut acked = BTreeSet::new();
+    let mut restarted_at = None;
+    for n in 0..300u64 {
+        if n == 150 {
+            until("some records applied", WAIT, || async {
+                (!target.applied_ids().is_empty()).then_some(())
+            })
+            .await;
+            tokio::task::block_in_place(|| server.server.restart()).expect("restart nats-server");
+            restarted_at = Some(std::time::Instant::now());
+        }
+        let id = loop {
+            match try_publish(&js, "rs", &format!("k{}", n % 5), n).await {
+                Ok(id) => break id,
+                // Down or reconnecting: the source retries (same id, stored once).
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        acked.insert(id);
+    }
+    let applied_after = |target: &TestTarget| {
+        let ids = target.applied_ids();
+        (150..300u64).any(|n| ids.contains(&format!("rs-{n}")))
+    };
+    until(
+        "a record published after the restart is applied",
+        WAIT,
+        || async { applied_after(&target).then_some(()) },
+    )
+    .await;
+    let resumed = restarted_at.map(|at| at.elapsed());
+    until("every acknowledged record applied", WAIT, || async {
+        acked.is_subset(&target.applied_ids()).then_some(())
+    })
+    .await;
+    eprintln!("deliveries resumed {resumed:?} after the restart");
+    let state = target.applied.lock().unwrap();
+    let applied: usize = state.by_key.values().map(Vec::len).sum();
+    assert_eq!(applied, acked.len(), "each record applied exactly once");
+    drop(state);
+    target.assert_in_order();
 }
