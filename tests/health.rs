@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::Client;
@@ -16,16 +15,6 @@ use switchyard::system::coordinator::actions::ActionTaken;
 use switchyard::system::health::HealthChanged;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A child process killed when the test ends, however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn put_policy(client: &Client, key: &str, value: Value) {
     let kv = async_nats::jetstream::new(client.clone())
@@ -138,16 +127,12 @@ async fn a_killed_instance_is_marked_unhealthy_drained_and_deregistered() {
     let binary = tokio::task::spawn_blocking(common::echo_binary)
         .await
         .unwrap();
-    let child = Killed(
-        Command::new(binary)
-            .args(["--nats", &server.url(), "--heartbeat", "20s"])
-            .env_remove("NATS_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the echo example"),
+    let child = common::Process::spawn_program(
+        &binary,
+        &["--nats", &server.url(), "--heartbeat", "20s"],
+        &std::env::temp_dir(),
     );
-    let pid = child.0.id();
+    let pid = child.pid();
     let victim = common::until("the example registers", WAIT, || async {
         entries(&client, "echo")
             .await

@@ -28,6 +28,7 @@ mod server;
 pub mod sync;
 mod table;
 pub mod tasks;
+mod thin;
 
 use std::io::IsTerminal;
 use std::time::Duration;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, stream};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -104,51 +104,27 @@ pub async fn thin_pipeline(
     subjects: &str,
     target: &str,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let stream = js
-        .create_stream(stream::Config {
-            name: stream_name.to_string(),
-            subjects: vec![subjects.to_string()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::nats("create the bench stream", e))?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("thin".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 10_000,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::nats("create the bench consumer", e))?;
     let client = crate::nats::connect(url, "switchyard-bench-thin").await?;
+    let stream = stream::Config {
+        name: stream_name.to_string(),
+        subjects: vec![subjects.to_string()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
     let target = target.to_string();
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(IN_FLIGHT)
-        .messages()
-        .await
-        .map_err(|e| Error::nats("pull the bench consumer", e))?;
-    Ok(tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        while let Some(Ok(message)) = messages.next().await {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let (client, target) = (client.clone(), target.clone());
-            tokio::spawn(async move {
-                let headers = message.headers.clone().unwrap_or_default();
-                let answered = client
-                    .request_with_headers(target, headers, message.payload.clone())
-                    .await;
-                if answered.is_ok() {
-                    let _ = message.ack().await;
-                }
-                drop(permit);
-            });
+    super::super::thin::consume(js, stream, IN_FLIGHT, move |message| {
+        let (client, target) = (client.clone(), target.clone());
+        async move {
+            let headers = message.headers.clone().unwrap_or_default();
+            let answered = client
+                .request_with_headers(target, headers, message.payload.clone())
+                .await;
+            if answered.is_ok() {
+                let _ = message.ack().await;
+            }
         }
-    }))
+    })
+    .await
 }
 
 /// Publishes from [`PUBLISHERS`] tasks for the warm-up and the window, then waits

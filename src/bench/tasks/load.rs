@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, stream};
 use async_nats::{Client, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -201,55 +201,29 @@ pub async fn thin_work_queue(
     subjects: &str,
     results: &str,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let stream = js
-        .create_stream(stream::Config {
-            name: stream_name.to_string(),
-            subjects: vec![subjects.to_string()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::nats("create the bench work queue", e))?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("thin".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 10_000,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::nats("create the bench consumer", e))?;
     let client = crate::nats::connect(url, "switchyard-bench-thin-worker").await?;
+    let stream = stream::Config {
+        name: stream_name.to_string(),
+        subjects: vec![subjects.to_string()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
     let results = results.to_string();
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(IN_FLIGHT)
-        .messages()
-        .await
-        .map_err(|e| Error::nats("pull the bench consumer", e))?;
-    Ok(tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        while let Some(Ok(message)) = messages.next().await {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let (client, results) = (client.clone(), results.clone());
-            tokio::spawn(async move {
-                let answer = serde_json::from_slice(&message.payload)
-                    .map_err(|e| Error::invalid_input(e.to_string()))
-                    .and_then(handler)
-                    .and_then(|v| {
-                        serde_json::to_vec(&v).map_err(|e| Error::internal(e.to_string()))
-                    });
-                if let Ok(answer) = answer {
-                    let _ = message.ack().await;
-                    let _ = client.publish(results, answer.into()).await;
-                }
-                drop(permit);
-            });
+    super::super::thin::consume(js, stream, IN_FLIGHT, move |message| {
+        let (client, results) = (client.clone(), results.clone());
+        async move {
+            let answer = serde_json::from_slice(&message.payload)
+                .map_err(|e| Error::invalid_input(e.to_string()))
+                .and_then(handler)
+                .and_then(|v| serde_json::to_vec(&v).map_err(|e| Error::internal(e.to_string())));
+            if let Ok(answer) = answer {
+                let _ = message.ack().await;
+                let _ = client.publish(results, answer.into()).await;
+            }
         }
-    }))
+    })
+    .await
 }
 
 /// A submitter for the hand-written queue: JetStream publish awaiting the ack.
