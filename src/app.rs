@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use crate::admin::{self, Readiness};
 use crate::component::Component;
-use crate::component::supervisor::Supervisor;
+use crate::component::supervisor::{Connections, Supervisor};
 use crate::config::{Config, ConfigError};
 use crate::data::cache::CacheComponent;
 use crate::demo::Demo;
 use crate::error::Error;
 use crate::integration::gateway::GatewayComponent;
 use crate::integration::registry::RegistryComponent;
+use crate::nats::secure::{self, Secrets};
 use crate::nats::{self, EmbeddedServer, ServerOptions};
 use crate::observability::metrics;
 use crate::shutdown::Signals;
@@ -111,13 +112,28 @@ async fn serve(
         component.configure(&config)?;
     }
 
+    // `up --secure`: a fresh password for every user of nats/auth.conf, handed to the
+    // embedded server through its environment and to each component's connection.
+    let secrets = match config.embedded.secure && may_embed {
+        true => {
+            let all: Vec<&'static str> = catalog().iter().map(|c| c.name()).collect();
+            Some(Secrets::generate(&secure::users(&all))?)
+        }
+        false => None,
+    };
     let mut embedded = match (&config.nats_url, may_embed) {
-        (None, true) => Some(EmbeddedServer::start(ServerOptions {
-            listen: config.embedded.listen,
-            data_dir: config.embedded.data_dir.clone(),
-            config: config.embedded.config.clone(),
-            binary: config.embedded.server_bin.clone(),
-        })?),
+        (None, true) => {
+            let options = ServerOptions {
+                listen: config.embedded.listen,
+                data_dir: config.embedded.data_dir.clone(),
+                config: config.embedded.config.clone(),
+                binary: config.embedded.server_bin.clone(),
+            };
+            Some(match &secrets {
+                Some(secrets) => EmbeddedServer::start_secure(options, secrets.clone())?,
+                None => EmbeddedServer::start(options)?,
+            })
+        }
         _ => None,
     };
     let url = match (&embedded, &config.nats_url) {
@@ -125,21 +141,39 @@ async fn serve(
         (None, Some(url)) => url.clone(),
         (None, None) => DEFAULT_NATS_URL.to_string(),
     };
-    let client = nats::connect(&url, "switchyard").await?;
-    let js = async_nats::jetstream::new(client.clone());
+    // Secure mode: the files clients, operators and services connect with (the banner
+    // names them; no password is ever printed or logged).
+    let credentials = match &secrets {
+        Some(secrets) => secure::write_credential_files(&config.embedded.data_dir, &url, secrets)?,
+        None => Vec::new(),
+    };
+    let services_login = match &secrets {
+        Some(secrets) => Some(secrets.login(secure::SERVICES_USER)?.clone()),
+        None => None,
+    };
+    let connections = match &secrets {
+        Some(secrets) => {
+            let names: Vec<&'static str> = components.iter().map(|c| c.name()).collect();
+            Connections::secure(&url, secrets, &names).await?
+        }
+        None => Connections::shared(nats::connect(&url, "switchyard").await?),
+    };
+    let provisioner = connections.provisioner.as_ref();
+    let js = async_nats::jetstream::new(provisioner.unwrap_or(&connections.process).clone());
     let provisioned = nats::provision(&js, &config.jetstream).await?;
     for (name, change) in &provisioned.changes {
         tracing::debug!(%name, ?change, "provisioned");
     }
     let supervisor =
-        Supervisor::start(client, components, readiness, config.jetstream.clone()).await?;
+        Supervisor::start_with(connections, components, readiness, config.jetstream.clone())
+            .await?;
     // From here on, logs go to NATS too (logs.<level>.<component>, stream LOGS).
     let ctx = supervisor.context();
     crate::observability::logs::attach(&ctx.client, &ctx.instance.id);
     // Demo services start after the components and stop before them.
     let demo = match demo {
         false => None,
-        true => match Demo::start(&url).await {
+        true => match Demo::start(&url, services_login.as_ref()).await {
             Ok(demo) => Some(demo),
             Err(err) => {
                 supervisor.stop(config.grace).await;
@@ -156,7 +190,8 @@ async fn serve(
             admin_addr,
             ctx,
             demo.as_ref(),
-            config.gateway.http
+            config.gateway.http,
+            &credentials,
         )
     );
 
@@ -192,10 +227,41 @@ fn banner(
     ctx: &crate::component::Context,
     demo: Option<&Demo>,
     http: std::net::SocketAddr,
+    credentials: &[secure::CredentialFiles],
 ) -> String {
     let server = match embedded {
         Some(s) => format!("embedded nats-server, log {}", s.log_path().display()),
         None => "external server".to_string(),
+    };
+    // Secure mode: the commands below go through the client's and the operator's
+    // credential files (paths only; the passwords stay in the files).
+    let context = |user: &str| {
+        credentials
+            .iter()
+            .find(|f| f.user == user)
+            .map(|f| format!("nats --context {}", f.context.display()))
+    };
+    let (nats, admin_nats, echo) =
+        match (context(secure::CLIENT_USER), context(secure::OPERATOR_USER)) {
+            (Some(client), Some(operator)) => (client, operator, "api.echo.say"),
+            _ => (
+                format!("nats -s {url}"),
+                format!("nats -s {url}"),
+                "svc.echo.say",
+            ),
+        };
+    let secure = match credentials.first() {
+        Some(files) => format!(
+            "\x20 Secure      one NATS user per component (nats/auth.conf); credentials for \
+             {} in {} (<user>.json: nats --context, <user>.env: NATS_USER/NATS_PASSWORD)\n",
+            credentials
+                .iter()
+                .map(|f| f.user)
+                .collect::<Vec<_>>()
+                .join(", "),
+            files.context.parent().unwrap_or(&files.context).display()
+        ),
+        None => String::new(),
     };
     let components = ctx.instance.components.join(", ");
     let http = match ctx.instance.components.contains(&"gateway") {
@@ -206,9 +272,9 @@ fn banner(
     };
     let demo = demo.map_or_else(String::new, |demo| {
         format!(
-            "\x20 nats -s {url} micro ls   # demo services: {}\n\
-             \x20 nats -s {url} req svc.echo.say '{{\"text\":\"hi\"}}'\n\
-             \x20 nats -s {url} req tasks.submit.slow.wait '{{\"ms\":100}}'   # a durable task\n",
+            "\x20 {admin_nats} micro ls   # demo services: {}\n\
+             \x20 {nats} req {echo} '{{\"text\":\"hi\"}}'\n\
+             \x20 {nats} req tasks.submit.slow.wait '{{\"ms\":100}}'   # a durable task\n",
             demo.names().join(", ")
         )
     });
@@ -216,12 +282,12 @@ fn banner(
         "Switchyard {version} is up (instance {id})\n\
          \x20 NATS        {url}  ({server})\n\
          \x20 Admin       http://{admin}  (/healthz /readyz /metrics)\n\
-         {http}\x20 Components  {components}\n\
+         {http}{secure}\x20 Components  {components}\n\
          Try:\n\
-         \x20 nats -s {url} stream ls\n\
-         \x20 nats -s {url} kv ls\n\
-         \x20 nats -s {url} req sys.echo '{{\"hello\":\"world\"}}'\n\
-         \x20 nats -s {url} req sys.ping '' --replies 0\n\
+         \x20 {admin_nats} stream ls\n\
+         \x20 {admin_nats} kv ls\n\
+         \x20 {nats} req sys.echo '{{\"hello\":\"world\"}}'\n\
+         \x20 {nats} req sys.ping '' --replies 0\n\
          \x20 curl -s http://{admin}/readyz\n\
          {demo}Ctrl-C stops gracefully.",
         version = ctx.instance.version,

@@ -48,6 +48,20 @@ pub struct GlobalArgs {
     /// Gateway timeout for services without a policy in KV `policies` [default: 5s].
     #[arg(long, env = "SWITCHYARD_GATEWAY_TIMEOUT", global = true, value_parser = parse_duration)]
     pub gateway_timeout: Option<Duration>,
+    /// Requests the gateway forwards at once; more are answered 429 overloaded at once
+    /// [default: 1024].
+    #[arg(long, env = "SWITCHYARD_GATEWAY_MAX_IN_FLIGHT", global = true)]
+    pub gateway_max_in_flight: Option<usize>,
+    /// HTTP callers of the gateway must present an API key (`--require-api-key` or
+    /// `=true|false`); keys are required anyway once any is configured [default: false].
+    #[arg(long, env = "SWITCHYARD_REQUIRE_API_KEY", global = true, num_args = 0..=1,
+          default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_api_key: Option<bool>,
+    /// File of gateway API keys, one `name sha256 [rate [burst]]` per line (see
+    /// `switchyard api-key new`).
+    #[arg(long, env = "SWITCHYARD_API_KEYS_FILE", global = true)]
+    pub api_keys_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
@@ -88,6 +102,28 @@ pub enum Command {
     Logs(crate::observability::logs_cli::LogsArgs),
     /// Ask every instance for its log filter, or change it at once (`sync=debug,info`).
     LogLevel(crate::observability::logs_cli::LogLevelArgs),
+    /// API keys of the gateway's HTTP ingress.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Print a fresh random key once (Switchyard keeps only its SHA-256) and the
+    /// configuration entry with its hash.
+    New(ApiKeyNewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApiKeyNewArgs {
+    /// The key's name: in metrics, logs and `Switchyard-Api-Key-Name`, never the key.
+    pub name: String,
+    /// Requests per second [default: 100].
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Requests at once above the rate [default: the rate].
+    #[arg(long)]
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -237,6 +273,12 @@ pub struct UpArgs {
     /// Also run the example services echo, flaky and slow (`up` only).
     #[arg(long, env = "SWITCHYARD_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
+    /// Least-privilege NATS access (`up` only): the embedded server runs with
+    /// nats/auth.conf, each component connects as its own user with a fresh password,
+    /// clients' credentials are written under <data dir>/secure/; also requires gateway
+    /// API keys unless --require-api-key=false.
+    #[arg(long, env = "SWITCHYARD_SECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub secure: bool,
 }
 
 #[derive(Debug, Args)]

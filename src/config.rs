@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::cli::{GlobalArgs, LogFormat, UpArgs};
 use crate::data::cache::CacheConfig;
 use crate::data::cache::rules::CacheSection;
+use crate::integration::gateway::api_keys::{self, ApiKey};
 use crate::subjects::STREAMS;
 
 /// Exit code for bad configuration (`EX_USAGE` in sysexits.h).
@@ -41,11 +42,19 @@ pub struct Config {
     pub alerts: crate::observability::alerts::AlertConfig,
 }
 
-/// The API gateway: its HTTP ingress and the timeout of services without a policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The API gateway: its HTTP ingress, the timeout of services without a policy, and
+/// how many requests it forwards at once before it sheds the rest (answers 429).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
     pub http: SocketAddr,
     pub timeout: Duration,
+    pub max_in_flight: usize,
+    /// HTTP callers must present an API key (`--require-api-key`, `up --secure`); keys
+    /// are also required whenever any is configured (see
+    /// [`crate::integration::gateway::http_auth`]).
+    pub require_api_key: bool,
+    /// `[[gateway.api_keys]]` and the lines of `api_keys_file`: names, hashes, rates.
+    pub api_keys: Vec<ApiKey>,
 }
 
 impl Default for GatewayConfig {
@@ -53,6 +62,9 @@ impl Default for GatewayConfig {
         GatewayConfig {
             http: parse_default(DEFAULT_HTTP),
             timeout: DEFAULT_GATEWAY_TIMEOUT,
+            max_in_flight: DEFAULT_GATEWAY_MAX_IN_FLIGHT,
+            require_api_key: false,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -64,6 +76,8 @@ pub struct EmbeddedConfig {
     pub data_dir: PathBuf,
     pub config: Option<PathBuf>,
     pub server_bin: Option<PathBuf>,
+    /// `up --secure`: users and permissions of nats/auth.conf, one user per component.
+    pub secure: bool,
 }
 
 /// Stream and bucket settings; a change here updates them on the next start.
@@ -160,6 +174,26 @@ struct FileCoordinator {
 struct FileGateway {
     #[serde(default, with = "humantime_serde_opt")]
     timeout: Option<Duration>,
+    max_in_flight: Option<usize>,
+    require_api_key: Option<bool>,
+    #[serde(default)]
+    api_keys: Vec<ApiKey>,
+    api_keys_file: Option<PathBuf>,
+}
+
+/// The keys of the file (checked as it was read) and of `api_keys_file`, together.
+fn api_keys(listed: Vec<ApiKey>, file: Option<&Path>) -> Result<Vec<ApiKey>, ConfigError> {
+    let from_file = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read API keys file {}: {e}", path.display()))
+            })?;
+            api_keys::parse_file(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+        }
+        None => Vec::new(),
+    };
+    api_keys::merge(listed, from_file).map_err(ConfigError)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +218,9 @@ pub const DEFAULT_NATS_LISTEN: &str = "127.0.0.1:4222";
 pub const DEFAULT_DATA_DIR: &str = ".switchyard";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests one gateway forwards at once (NATS and HTTP together); more are answered
+/// 429 overloaded at once instead of queueing.
+pub const DEFAULT_GATEWAY_MAX_IN_FLIGHT: usize = 1024;
 
 impl Config {
     /// Resolves flags and env (already in `global`/`up`) over the file over defaults.
@@ -222,6 +259,7 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
                 config: up.nats_config.clone().or(file.embedded.config),
                 server_bin: up.nats_server.clone().or(file.embedded.server_bin),
+                secure: up.secure,
             },
             jetstream: JetStreamConfig {
                 replicas: file.jetstream.replicas.unwrap_or(0),
@@ -236,6 +274,21 @@ impl Config {
                     .gateway_timeout
                     .or(file.gateway.timeout)
                     .unwrap_or(DEFAULT_GATEWAY_TIMEOUT),
+                max_in_flight: global
+                    .gateway_max_in_flight
+                    .or(file.gateway.max_in_flight)
+                    .unwrap_or(DEFAULT_GATEWAY_MAX_IN_FLIGHT),
+                require_api_key: global
+                    .require_api_key
+                    .or(file.gateway.require_api_key)
+                    .unwrap_or(up.secure),
+                api_keys: api_keys(
+                    file.gateway.api_keys,
+                    global
+                        .api_keys_file
+                        .as_deref()
+                        .or(file.gateway.api_keys_file.as_deref()),
+                )?,
             },
             cache: file.cache.resolve().map_err(ConfigError)?,
             coordinator_lease: file
@@ -252,6 +305,13 @@ impl Config {
         if let Some(url) = &self.nats_url {
             crate::nats::connect::server_addrs(url)
                 .map_err(|e| ConfigError(e.message().to_string()))?;
+        }
+        if self.embedded.secure && self.nats_url.is_some() {
+            return Err(ConfigError(
+                "--secure starts its own nats-server with nats/auth.conf; it cannot be combined \
+                 with --nats (give that server nats/auth.conf instead)"
+                    .into(),
+            ));
         }
         if self.jetstream.replicas > 5 {
             return Err(ConfigError(format!(
@@ -282,13 +342,21 @@ impl Config {
                 "gateway timeout must be between 1ms and 10m".into(),
             ));
         }
+        if !(1..=1_000_000).contains(&self.gateway.max_in_flight) {
+            return Err(ConfigError(
+                "gateway max_in_flight must be between 1 and 1000000".into(),
+            ));
+        }
+        crate::integration::gateway::http_auth::check_config(&self.gateway).map_err(ConfigError)?;
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.coordinator_lease) {
             return Err(ConfigError(
                 "coordinator lease must be between 1s and 60s".into(),
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log_filter)
-            .map_err(|e| ConfigError(format!("invalid log filter {:?}: {e}", self.log_filter)))?;
+        // The same check the running filter gets, so a filter it would refuse stops the
+        // start instead of falling back to `info`.
+        crate::observability::logging::parse_filter(&self.log_filter)
+            .map_err(|e| ConfigError(e.message().to_string()))?;
         Ok(())
     }
 }
@@ -374,6 +442,32 @@ mod tests {
             load_toml("http = \"127.0.0.1:18080\"\n[gateway]\ntimeout = \"250ms\"\n").unwrap();
         assert_eq!(config.gateway.http.port(), 18080);
         assert_eq!(config.gateway.timeout, Duration::from_millis(250));
+        let config = load_toml("[gateway]\nmax_in_flight = 16\n").unwrap();
+        assert_eq!(config.gateway.max_in_flight, 16);
+    }
+
+    #[test]
+    fn api_keys_come_from_the_file_and_the_keys_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, format!("ops {} 5\n", "b".repeat(64))).unwrap();
+        let text = format!(
+            "[gateway]\nrequire_api_key = true\napi_keys_file = {:?}\n\
+             [[gateway.api_keys]]\nname = \"ci\"\nsha256 = \"{}\"\nrate = 10\nburst = 20\n",
+            keys.display().to_string(),
+            "A".repeat(64)
+        );
+        let config = load_toml(&text).unwrap();
+        assert!(config.gateway.require_api_key);
+        let keys: Vec<_> = config
+            .gateway
+            .api_keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.sha256[0], k.rate, k.burst))
+            .collect();
+        assert_eq!(keys, [("ci", 0xaa, 10, 20), ("ops", 0xbb, 5, 5)]);
+        let default = Config::load(&GlobalArgs::default(), None).unwrap();
+        assert!(!default.gateway.require_api_key);
     }
 
     #[test]
@@ -393,6 +487,31 @@ mod tests {
     }
 
     #[test]
+    fn secure_mode_wants_its_own_server_and_api_keys() {
+        let up = UpArgs {
+            secure: true,
+            ..UpArgs::default()
+        };
+        let external = GlobalArgs {
+            nats: Some("nats://127.0.0.1:4222".into()),
+            require_api_key: Some(false),
+            ..GlobalArgs::default()
+        };
+        let err = Config::load(&external, Some(&up)).unwrap_err();
+        assert!(err.to_string().contains("--secure"), "{err}");
+        let err = Config::load(&GlobalArgs::default(), Some(&up)).unwrap_err();
+        assert!(err.to_string().contains("require_api_key"), "{err}");
+        let open_http = GlobalArgs {
+            require_api_key: Some(false),
+            ..GlobalArgs::default()
+        };
+        let config = Config::load(&open_http, Some(&up)).unwrap();
+        assert!(config.embedded.secure && !config.gateway.require_api_key);
+        let config = Config::load(&GlobalArgs::default(), None).unwrap();
+        assert!(!config.embedded.secure && !config.gateway.require_api_key);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_one_line_errors() {
         for bad in [
             "admn = \"127.0.0.1:1\"",
@@ -404,6 +523,11 @@ mod tests {
             "http = \"localhost\"",
             "[gateway]\ntimeout = \"0s\"",
             "[gateway]\ntimout = \"1s\"",
+            "[gateway]\nmax_in_flight = 0",
+            "[gateway]\nrequire_api_key = true",
+            "[[gateway.api_keys]]\nname = \"ci\"\nsha256 = \"abc\"",
+            "[[gateway.api_keys]]\nname = \"ci\"\nsha256 = \"abc\"\nscope = \"all\"",
+            "[gateway]\napi_keys_file = \"/nonexistent/keys\"",
             "[cache.default]\nttl = \"soon\"",
             "[cache.namespaces.demo]\nmax_bytes = 0",
             "[cache.namespaces.\"a.b\"]\nttl = \"1s\"",

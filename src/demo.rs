@@ -15,6 +15,7 @@ pub mod flaky;
 pub mod slow;
 
 use crate::error::Error;
+use crate::nats::secure::Login;
 use crate::sdk::{RunningService, Service};
 
 /// The demo services, running.
@@ -23,9 +24,10 @@ pub struct Demo {
 }
 
 impl Demo {
-    /// Starts the three services on their own connection to `url`.
-    pub async fn start(url: &str) -> Result<Demo, Error> {
-        let client = crate::nats::connect(url, "switchyard-demo").await?;
+    /// Starts the three services, each on its own connection to `url` as a separate
+    /// service program would (in secure mode as `login`'s user, `services`, whose
+    /// permission to answer a request covers one answer per connection).
+    pub async fn start(url: &str, login: Option<&Login>) -> Result<Demo, Error> {
         let definitions: [Result<Service, Error>; 3] = [
             echo::service(),
             flaky::service(flaky::Config::default()),
@@ -36,7 +38,7 @@ impl Demo {
         };
         for definition in definitions {
             match definition {
-                Ok(service) => match service.start(&client).await {
+                Ok(service) => match start_one(url, login, service).await {
                     Ok(running) => demo.services.push(running),
                     Err(err) => {
                         demo.stop().await;
@@ -66,4 +68,14 @@ impl Demo {
         });
         futures::future::join_all(stops).await;
     }
+}
+
+async fn start_one(
+    url: &str,
+    login: Option<&Login>,
+    service: Service,
+) -> Result<RunningService, Error> {
+    let name = format!("switchyard-demo-{}", service.name());
+    let client = crate::nats::connect_as(url, &name, login).await?;
+    service.start(&client).await
 }

@@ -11,6 +11,9 @@ use std::fmt;
 pub enum ErrorKind {
     /// The request itself is wrong: malformed payload, bad subject token, invalid rule.
     InvalidInput,
+    /// The caller did not prove who it is: no credential, or one nobody issued (the
+    /// HTTP ingress without a valid API key).
+    Unauthenticated,
     /// The named service, key or rule does not exist.
     NotFound,
     /// The payload exceeds the server's `max_payload` or a configured limit.
@@ -33,8 +36,9 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for documentation and exhaustive tests.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::InvalidInput,
+        ErrorKind::Unauthenticated,
         ErrorKind::NotFound,
         ErrorKind::PayloadTooLarge,
         ErrorKind::UnsupportedMediaType,
@@ -51,6 +55,7 @@ impl ErrorKind {
     pub fn code(self) -> u16 {
         match self {
             ErrorKind::InvalidInput => 400,
+            ErrorKind::Unauthenticated => 401,
             ErrorKind::NotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
@@ -111,6 +116,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::NotFound => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",

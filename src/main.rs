@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::cli::{Cli, Command, EventsCommand};
+use switchyard::cli::{ApiKeyCommand, Cli, Command, EventsCommand};
 use switchyard::config::{Config, ConfigError, EXIT_CONFIG};
-use switchyard::integration::bus;
+use switchyard::integration::{bus, gateway};
 use switchyard::{app, bench, observability};
 
 #[tokio::main]
@@ -30,6 +30,18 @@ async fn main() -> ExitCode {
     ) && cli.global.log.is_none()
     {
         cli.global.log = Some("warn".into());
+    }
+    // Before the configuration is read: a key is what a configuration that requires
+    // keys but has none yet (refused below) needs.
+    if let Command::ApiKey(ApiKeyCommand::New(args)) = &cli.command {
+        let made = gateway::api_keys::new_key_text(&args.name, args.rate, args.burst);
+        return match made {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => config_error(&ConfigError(err.message().to_string())),
+        };
     }
     let up_args = match &cli.command {
         Command::Up(args) => Some(args),
@@ -62,6 +74,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => switchyard::system::monitor::cli(config, args.json).await,
         Command::Logs(args) => observability::logs_cli::logs(config, args).await,
         Command::LogLevel(args) => observability::logs_cli::log_level(config, args).await,
+        Command::ApiKey(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

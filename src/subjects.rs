@@ -214,6 +214,8 @@ pub mod headers {
     pub const REPLAYED_FROM: &str = "Switchyard-Replayed-From";
     /// On task work items and task events: the task id (UUID v7, the key in KV `tasks`).
     pub const TASK_ID: &str = "Switchyard-Task-Id";
+    /// On requests the gateway forwards from HTTP: the name of the caller's API key.
+    pub const API_KEY_NAME: &str = "Switchyard-Api-Key-Name";
 
     /// Every header above, for the subjects.md contract test.
     pub const ALL: &[&str] = &[
@@ -247,6 +249,7 @@ pub mod headers {
         DLQ_LAST_FAILURE,
         REPLAYED_FROM,
         TASK_ID,
+        API_KEY_NAME,
     ];
 }
 

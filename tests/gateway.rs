@@ -36,7 +36,11 @@ struct Running {
 async fn start(timeout: Duration) -> Running {
     let (server, client) = common::provisioned().await;
     let http = common::free_addr();
-    let gateway = GatewayComponent::new(GatewayConfig { http, timeout });
+    let gateway = GatewayComponent::new(GatewayConfig {
+        http,
+        timeout,
+        ..GatewayConfig::default()
+    });
     let supervisor = common::supervise(&server, Box::new(gateway)).await;
     Running {
         server,

@@ -51,6 +51,7 @@ async fn gateway_with(
     let gateway = GatewayComponent::new(GatewayConfig {
         http,
         timeout: Duration::from_secs(10),
+        ..GatewayConfig::default()
     });
     let supervisor = common::supervise(server, Box::new(gateway)).await;
     // Serving: an unknown service is answered (404) without touching any test service.

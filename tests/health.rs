@@ -363,6 +363,7 @@ async fn an_open_breaker_action_opens_the_gateways_breaker_and_the_fallback_answ
             switchyard::config::GatewayConfig {
                 http: "127.0.0.1:0".parse().unwrap(),
                 timeout: Duration::from_secs(5),
+                ..Default::default()
             },
         )),
     )

@@ -19,6 +19,7 @@
 //! with `--nats`, else an embedded one on a free loopback port with a throwaway store.
 
 pub mod cache;
+pub mod cpu;
 pub mod gateway;
 mod nats_cli;
 pub mod report;
@@ -94,7 +95,6 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
     if args.duration.is_zero() {
         return Err(Error::invalid_input("--duration must be more than zero"));
     }
-    let timing = Timing::new(args.duration);
     let (mut server, temp_dir, url, label) = match &config.nats_url {
         Some(url) => (None, None, url.clone(), redact_url(url)),
         None => {
@@ -104,6 +104,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
         }
     };
     let embedded = server.is_some();
+    let timing = Timing::new(args.duration).counting_server(server.as_ref().and_then(|s| s.pid()));
     let total = match args.suite {
         BenchSuite::Baseline => SCENARIOS + if args.no_nats_cli { 0 } else { nats_cli::RUNS },
         BenchSuite::Gateway => gateway::STEPS,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::cpu::CpuPerUnit;
 use super::nats_cli::CliReference;
 use super::runner::Timing;
 use crate::error::Error;
@@ -44,6 +45,9 @@ pub struct Measurement {
     pub errors: u64,
     pub first_error: Option<String>,
     pub elapsed: Duration,
+    /// CPU per operation within the window (this process, and the server when ours);
+    /// `None` where the scenario does not count it.
+    pub cpu: Option<CpuPerUnit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -79,6 +83,9 @@ pub struct ScenarioResult {
     pub latency: Latency,
     /// Only on relay rows: relay against raw request-reply, same payload and concurrency.
     pub vs_raw: Option<Ratio>,
+    /// CPU per operation within the window, where the scenario counts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPerUnit>,
 }
 
 impl ScenarioResult {
@@ -109,6 +116,7 @@ impl ScenarioResult {
                 mean_us: h.mean(),
             },
             vs_raw: None,
+            cpu: m.cpu,
         }
     }
 }
@@ -230,6 +238,7 @@ mod tests {
             errors: 0,
             first_error: None,
             elapsed: Duration::from_secs(2),
+            cpu: None,
         };
         ScenarioResult::new(scenario, payload, conc, "operation", m)
     }
@@ -253,6 +262,7 @@ mod tests {
             errors: 0,
             first_error: None,
             elapsed: Duration::from_millis(500),
+            cpu: None,
         };
         let r = ScenarioResult::new(KV_GET, 128, 1, "operation", m);
         assert_eq!(r.msgs_per_sec, 2000.0);

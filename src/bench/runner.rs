@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
+use super::cpu::CpuMeter;
 use super::report::{Measurement, micros, new_histogram};
 use crate::error::Error;
 
@@ -17,13 +18,27 @@ const OP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Timing {
     pub warmup: Duration,
     pub duration: Duration,
+    /// Whose CPU time the measured window counts.
+    pub cpu: CpuMeter,
 }
 
 impl Timing {
     /// A short warm-up: a sixth of the duration, between 100 ms and 500 ms.
     pub fn new(duration: Duration) -> Timing {
         let warmup = (duration / 6).clamp(Duration::from_millis(100), Duration::from_millis(500));
-        Timing { warmup, duration }
+        Timing {
+            warmup,
+            duration,
+            cpu: CpuMeter::default(),
+        }
+    }
+
+    /// The same timing, counting `server_pid`'s CPU too (the embedded server's).
+    pub fn counting_server(self, server_pid: Option<u32>) -> Timing {
+        Timing {
+            cpu: CpuMeter::new(server_pid),
+            ..self
+        }
     }
 }
 
@@ -38,6 +53,12 @@ where
 {
     let measure_from = Instant::now() + timing.warmup;
     let deadline = measure_from + timing.duration;
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let from = timing.cpu.sample();
+        tokio::time::sleep_until(deadline.into()).await;
+        (from, timing.cpu.sample())
+    });
     let mut tasks = JoinSet::new();
     for _ in 0..concurrency {
         let op = op.clone();
@@ -80,7 +101,11 @@ where
         first_error = first_error.or(first);
         end = end.max(finished);
     }
+    let (cpu_from, cpu_to) = cpu
+        .await
+        .map_err(|e| Error::internal(format!("bench CPU sampler failed: {e}")))?;
     Ok(Measurement {
+        cpu: Some(CpuMeter::per_unit(cpu_from, cpu_to, merged.len())),
         ops: merged.len(),
         histogram: merged,
         errors,

@@ -248,5 +248,6 @@ pub async fn js_consume(
         errors,
         first_error,
         elapsed,
+        cpu: None,
     })
 }

@@ -27,6 +27,7 @@ use serde::Serialize;
 use self::load::{
     IN_FLIGHT, Measured, PUBLISHERS, RECORD_BYTES, measure, serve_target, thin_pipeline,
 };
+use super::cpu::CpuPerUnit;
 use super::report::RunInfo;
 use super::{Names, Timing};
 use crate::admin::Readiness;
@@ -48,6 +49,11 @@ pub struct SyncRow {
     pub delivered: u64,
     /// Records/s relative to the hand-written pipeline.
     pub ratio: f64,
+    /// CPU per record (this process and the server), within the window.
+    pub cpu: CpuPerUnit,
+    /// The hand-written path's CPU per record over this path's: the ratio a machine
+    /// with nothing else running would approach when both are CPU-bound.
+    pub cpu_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,9 +151,15 @@ pub async fn bench(
         row("hand-written pipeline", base),
         row("switchyard flow + sync", ours),
     ];
+    let baseline_cpu = rows[0].cpu.total_us();
     for row in &mut rows {
         row.ratio = if baseline > 0.0 {
             row.records_per_sec / baseline
+        } else {
+            0.0
+        };
+        row.cpu_ratio = if row.cpu.total_us() > 0.0 {
+            baseline_cpu / row.cpu.total_us()
         } else {
             0.0
         };
@@ -164,6 +176,8 @@ fn row(path: &'static str, m: Measured) -> SyncRow {
         published: m.published,
         delivered: m.delivered,
         ratio: 1.0,
+        cpu: m.cpu,
+        cpu_ratio: 1.0,
     }
 }
 
@@ -173,15 +187,39 @@ pub fn render_table(report: &SyncReport) -> String {
         report.run.server, report.run.duration_ms
     );
     out.push_str(&format!(
-        "{:<24} {:>12} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
-        "path", "records/s", "ratio", "p50 µs", "p99 µs", "published", "delivered"
+        "{:<24} {:>12} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
+        "path",
+        "records/s",
+        "ratio",
+        "p50 µs",
+        "p99 µs",
+        "published",
+        "delivered",
+        "cpu µs",
+        "cpu ratio"
     ));
     for r in &report.rows {
         out.push_str(&format!(
-            "{:<24} {:>12.0} {:>7.2} {:>10} {:>10} {:>10} {:>10}\n",
-            r.path, r.records_per_sec, r.ratio, r.p50_us, r.p99_us, r.published, r.delivered
+            "{:<24} {:>12.0} {:>7.2} {:>10} {:>10} {:>10} {:>10} {:>9.1} {:>9.2}\n",
+            r.path,
+            r.records_per_sec,
+            r.ratio,
+            r.p50_us,
+            r.p99_us,
+            r.published,
+            r.delivered,
+            r.cpu.total_us(),
+            r.cpu_ratio
         ));
     }
+    out.push_str(&format!(
+        "\ncpu µs: CPU time of this process and nats-server per record within the window; cpu ratio: the hand-written path's over this one's{}\n",
+        if report.rows.iter().any(|r| r.cpu.server_us.is_none()) {
+            " (server not counted: it is not ours)"
+        } else {
+            ""
+        }
+    ));
     if let Some(cache) = &report.cache {
         let hit = &cache.get_local_hit;
         out.push_str(&format!(

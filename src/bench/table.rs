@@ -188,6 +188,7 @@ pub(super) mod tests {
                 errors: 0,
                 first_error: None,
                 elapsed: Duration::from_secs(1),
+                cpu: None,
             };
             ScenarioResult::new(scenario, 128, 64, "operation", m)
         };

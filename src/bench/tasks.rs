@@ -27,6 +27,7 @@ use self::load::{
     Completions, IN_FLIGHT, Measured, SUBMITTERS, TASK_BYTES, handler, measure, tasks_submit,
     thin_submit, thin_work_queue,
 };
+use super::cpu::CpuPerUnit;
 use super::report::RunInfo;
 use super::{Names, Timing};
 use crate::admin::Readiness;
@@ -53,6 +54,11 @@ pub struct TasksRow {
     pub completed: u64,
     /// Tasks/s relative to the hand-written queue.
     pub ratio: f64,
+    /// CPU per task (this process and the server), within the window.
+    pub cpu: CpuPerUnit,
+    /// The hand-written path's CPU per task over this path's: the ratio a machine
+    /// with nothing else running would approach when both are CPU-bound.
+    pub cpu_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -146,9 +152,15 @@ pub async fn bench(
         row("hand-written work queue", base),
         row("switchyard tasks", ours),
     ];
+    let baseline_cpu = rows[0].cpu.total_us();
     for row in &mut rows {
         row.ratio = if baseline > 0.0 {
             row.tasks_per_sec / baseline
+        } else {
+            0.0
+        };
+        row.cpu_ratio = if row.cpu.total_us() > 0.0 {
+            baseline_cpu / row.cpu.total_us()
         } else {
             0.0
         };
@@ -212,6 +224,8 @@ fn row(path: &'static str, m: Measured) -> TasksRow {
         submitted: m.submitted,
         completed: m.completed,
         ratio: 1.0,
+        cpu: m.cpu,
+        cpu_ratio: 1.0,
     }
 }
 
@@ -221,15 +235,39 @@ pub fn render_table(report: &TasksReport) -> String {
         report.run.server, report.run.duration_ms
     );
     out.push_str(&format!(
-        "{:<24} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
-        "path", "tasks/s", "ratio", "p50 µs", "p99 µs", "submitted", "completed"
+        "{:<24} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
+        "path",
+        "tasks/s",
+        "ratio",
+        "p50 µs",
+        "p99 µs",
+        "submitted",
+        "completed",
+        "cpu µs",
+        "cpu ratio"
     ));
     for r in &report.rows {
         out.push_str(&format!(
-            "{:<24} {:>10.0} {:>7.2} {:>10} {:>10} {:>10} {:>10}\n",
-            r.path, r.tasks_per_sec, r.ratio, r.p50_us, r.p99_us, r.submitted, r.completed
+            "{:<24} {:>10.0} {:>7.2} {:>10} {:>10} {:>10} {:>10} {:>9.1} {:>9.2}\n",
+            r.path,
+            r.tasks_per_sec,
+            r.ratio,
+            r.p50_us,
+            r.p99_us,
+            r.submitted,
+            r.completed,
+            r.cpu.total_us(),
+            r.cpu_ratio
         ));
     }
+    out.push_str(&format!(
+        "\ncpu µs: CPU time of this process and nats-server per task within the window; cpu ratio: the hand-written path's over this one's{}\n",
+        if report.rows.iter().any(|r| r.cpu.server_us.is_none()) {
+            " (server not counted: it is not ours)"
+        } else {
+            ""
+        }
+    ));
     out.push_str(&format!(
         "\ntarget: switchyard tasks >= {:.0} % of the hand-written queue's tasks/s: {}\n",
         report.target_ratio * 100.0,

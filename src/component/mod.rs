@@ -4,6 +4,7 @@
 //! work it already took finishes inside [`Context::spawn`] so the supervisor can wait
 //! for it within the grace period. `up` and `run` both go through [`supervisor`].
 
+pub mod connections;
 pub mod responder;
 pub mod supervisor;
 
@@ -84,6 +85,16 @@ impl Context {
             instance,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+        }
+    }
+
+    /// The same context on another connection (secure mode: the component's own
+    /// NATS user). Shutdown, in-flight work and the error logger stay shared.
+    pub fn with_client(&self, client: Client) -> Context {
+        Context {
+            jetstream: async_nats::jetstream::new(client.clone()),
+            client,
+            ..self.clone()
         }
     }
 

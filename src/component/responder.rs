@@ -22,8 +22,11 @@ use crate::error::{Error, ErrorKind};
 use crate::observability::metrics as m;
 use crate::subjects::headers as h;
 
-/// Requests one endpoint handles at once; more wait in the subscription's buffer.
-const MAX_IN_FLIGHT: usize = 512;
+/// Requests one endpoint handles at once; more wait in the subscription's buffer
+/// (whose size the client bounds: past it, the server drops messages for this
+/// connection as a slow consumer). Endpoints that must answer a flood rather than
+/// queue it shed before this (the gateway).
+pub const MAX_IN_FLIGHT: usize = 512;
 
 /// One request-reply endpoint of a component.
 #[derive(Debug, Clone)]
@@ -129,12 +132,26 @@ where
 
 /// The subscription loop under every endpoint: subscribes `endpoint.subject` (in its
 /// queue group), runs `handler` for each message inside [`Context::spawn`] with at most
-/// `MAX_IN_FLIGHT` (512) at once, and on shutdown drains the subscription so every message
-/// already accepted is handled. The handler answers (or not) by itself; [`serve`] is
-/// this plus envelope decoding and typed replies, the gateway is this plus forwarding.
+/// [`MAX_IN_FLIGHT`] (512) at once, and on shutdown drains the subscription so every
+/// message already accepted is handled. The handler answers (or not) by itself; [`serve`]
+/// is this plus envelope decoding and typed replies, the gateway is this plus forwarding.
 pub async fn serve_messages<H, Fut>(
     ctx: &Context,
     endpoint: &Endpoint,
+    handler: H,
+) -> Result<(), Error>
+where
+    H: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    serve_messages_limited(ctx, endpoint, MAX_IN_FLIGHT, handler).await
+}
+
+/// [`serve_messages`] with at most `max_in_flight` handlers at once (at least one).
+pub async fn serve_messages_limited<H, Fut>(
+    ctx: &Context,
+    endpoint: &Endpoint,
+    max_in_flight: usize,
     handler: H,
 ) -> Result<(), Error>
 where
@@ -153,7 +170,9 @@ where
     .map_err(|e| Error::nats(&format!("subscribe {subject}"), e))?;
 
     let ctx2 = ctx.clone();
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(
+        max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     ctx.spawn(async move {
         let mut draining = false;
         loop {

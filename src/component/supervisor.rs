@@ -1,6 +1,6 @@
-//! Starts a set of components on one connection, keeps readiness current, and stops
-//! them gracefully: stop taking work, let in-flight work finish within the grace
-//! period, then drain the connection.
+//! Starts a set of components on one connection (or, in secure mode, each on its own:
+//! [`Connections`]), keeps readiness current, and stops them gracefully: stop taking
+//! work, let in-flight work finish within the grace period, then drain the connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::Client;
 use tokio_util::sync::CancellationToken;
 
+pub use super::connections::Connections;
 use super::{Component, Context, Instance};
 use crate::admin::Readiness;
 use crate::config::JetStreamConfig;
@@ -21,6 +22,9 @@ const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 /// Components running in this process.
 pub struct Supervisor {
     ctx: Context,
+    /// The components' own connections (secure mode), drained with the process's.
+    own: Vec<Client>,
+    provisioner: Option<Client>,
     readiness: Readiness,
     stop_monitor: CancellationToken,
     monitor: tokio::task::JoinHandle<()>,
@@ -45,6 +49,23 @@ impl Supervisor {
         readiness: Readiness,
         jetstream: JetStreamConfig,
     ) -> Result<Supervisor, Error> {
+        Self::start_with(
+            Connections::shared(client),
+            components,
+            readiness,
+            jetstream,
+        )
+        .await
+    }
+
+    /// [`Supervisor::start`] on `connections`: each component gets a context on its own
+    /// connection when it has one.
+    pub async fn start_with(
+        mut connections: Connections,
+        components: Vec<Box<dyn Component>>,
+        readiness: Readiness,
+        jetstream: JetStreamConfig,
+    ) -> Result<Supervisor, Error> {
         let instance = Arc::new(Instance {
             id: crate::envelope::new_id(),
             version: env!("CARGO_PKG_VERSION"),
@@ -53,11 +74,19 @@ impl Supervisor {
                 .unwrap_or_default(),
             components: components.iter().map(|c| c.name()).collect(),
         });
-        let ctx = Context::new(client, instance);
+        let ctx = Context::new(connections.process, instance);
+        let mut own = Vec::new();
         for component in &components {
+            let component_ctx = match connections.components.remove(component.name()) {
+                Some(client) => {
+                    own.push(client.clone());
+                    ctx.with_client(client)
+                }
+                None => ctx.clone(),
+            };
             // Started means the server already routes to it: hence the round trip.
-            let started = match component.start(ctx.clone()).await {
-                Ok(()) => round_trip(&ctx.client).await,
+            let started = match component.start(component_ctx.clone()).await {
+                Ok(()) => round_trip(&component_ctx.client).await,
                 Err(err) => Err(err),
             };
             if let Err(err) = started {
@@ -78,14 +107,26 @@ impl Supervisor {
             tracing::info!(component = component.name(), "component started");
         }
         let stop_monitor = CancellationToken::new();
+        let provisioner = connections.provisioner;
+        let provisioning = match &provisioner {
+            Some(client) => async_nats::jetstream::new(client.clone()),
+            None => ctx.jetstream.clone(),
+        };
+        let clients: Vec<Client> = std::iter::once(ctx.client.clone())
+            .chain(own.iter().cloned())
+            .chain(provisioner.iter().cloned())
+            .collect();
         let monitor = tokio::spawn(monitor(
-            ctx.clone(),
+            clients,
+            provisioning,
             readiness.clone(),
             jetstream,
             stop_monitor.clone(),
         ));
         Ok(Supervisor {
             ctx,
+            own,
+            provisioner,
             readiness,
             stop_monitor,
             monitor,
@@ -112,10 +153,18 @@ impl Supervisor {
                 "in-flight work did not finish within the grace period"
             );
         }
-        // The replies just sent must reach the server before the connection closes:
-        // async-nats's drain does not wait for that by itself.
+        // The replies just sent must reach the server before a connection closes:
+        // async-nats's drain does not wait for that by itself. The components' own
+        // connections first, the process's (which logs their stop) last.
+        let drain = |client: Client| async move {
+            round_trip(&client).await.is_ok() && client.drain().await.is_ok()
+        };
         let drained = tokio::time::timeout(grace, async {
-            round_trip(&self.ctx.client).await.is_ok() && self.ctx.client.drain().await.is_ok()
+            let own = futures::future::join_all(
+                self.own.iter().chain(&self.provisioner).cloned().map(drain),
+            )
+            .await;
+            drain(self.ctx.client.clone()).await && own.into_iter().all(|ok| ok)
         })
         .await
         .unwrap_or(false);
@@ -132,7 +181,8 @@ impl Supervisor {
 /// Keeps readiness and the NATS gauges current; re-creates streams or buckets that
 /// disappeared (a server restarted without its store, an operator's `nats stream rm`).
 async fn monitor(
-    ctx: Context,
+    clients: Vec<Client>,
+    provisioning: async_nats::jetstream::Context,
     readiness: Readiness,
     jetstream: JetStreamConfig,
     stop: CancellationToken,
@@ -143,9 +193,9 @@ async fn monitor(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        m::record_nats(&ctx.client);
+        m::record_nats(&clients);
         m::upkeep();
-        let state = check(&ctx, &jetstream).await;
+        let state = check(&clients, &provisioning, &jetstream).await;
         metrics::gauge!(m::READY).set(if state.is_ok() { 1.0 } else { 0.0 });
         match state {
             Ok(()) => readiness.set_ready(),
@@ -154,11 +204,16 @@ async fn monitor(
     }
 }
 
-async fn check(ctx: &Context, jetstream: &JetStreamConfig) -> Result<(), String> {
-    if ctx.client.connection_state() != async_nats::connection::State::Connected {
+async fn check(
+    clients: &[Client],
+    provisioning: &async_nats::jetstream::Context,
+    jetstream: &JetStreamConfig,
+) -> Result<(), String> {
+    let connected = async_nats::connection::State::Connected;
+    if clients.iter().any(|c| c.connection_state() != connected) {
         return Err("NATS disconnected".into());
     }
-    let missing = tokio::time::timeout(MONITOR_INTERVAL, provision::missing(&ctx.jetstream))
+    let missing = tokio::time::timeout(MONITOR_INTERVAL, provision::missing(provisioning))
         .await
         .map_err(|_| "JetStream did not answer".to_string())?
         .map_err(|e| e.message().to_string())?;
@@ -167,7 +222,7 @@ async fn check(ctx: &Context, jetstream: &JetStreamConfig) -> Result<(), String>
     }
     let reason = format!("missing {}", missing.join(", "));
     tracing::warn!(%reason, "re-creating streams and buckets");
-    if let Err(err) = provision::provision(&ctx.jetstream, jetstream).await {
+    if let Err(err) = provision::provision(provisioning, jetstream).await {
         tracing::warn!(%err, "re-provisioning failed");
     }
     Err(reason)

@@ -128,8 +128,11 @@ impl Record {
     }
 
     /// Every check that makes a record malformed, independent of the rules: readable
-    /// CloudEvents attributes and a payload that decodes.
+    /// CloudEvents attributes, an id that can travel in a header (a percent-encoded
+    /// `ce-id` may decode to a line break, which no header value may hold) and a
+    /// payload that decodes.
     pub fn check(&self) -> Result<(), Error> {
+        check_header_value("id", &self.id)?;
         self.content().map(|_| ())
     }
 
@@ -137,6 +140,17 @@ impl Record {
     pub fn origin(&self) -> String {
         format!("{}:{}", crate::subjects::STREAM_DATA.name, self.seq)
     }
+}
+
+/// Refuses a value data sync could not send in a header (`Switchyard-Delivery-Id`,
+/// `Switchyard-Record-Key`): NATS header values cannot hold CR or LF.
+pub fn check_header_value(what: &str, value: &str) -> Result<(), Error> {
+    if value.contains(['\r', '\n']) {
+        return Err(Error::invalid_input(format!(
+            "the record's {what} {value:?} contains a line break: it cannot be sent in a header"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -195,5 +209,22 @@ mod tests {
         assert_eq!(bad.check().unwrap_err().code(), 400);
         let text = record("data.in.a", &[("Content-Type", "text/plain")], b"hi").unwrap();
         assert_eq!(text.check().unwrap_err().code(), 415);
+    }
+
+    #[test]
+    fn an_id_that_decodes_to_a_line_break_is_malformed() {
+        // Found by fuzzing (fuzz/flow_record): data sync put the id into a header and
+        // async-nats panics on a header value with CR or LF.
+        let bad = record("data.in.a", &[("ce-id", "a%0D%0Ab")], b"{}").unwrap();
+        assert_eq!(bad.id, "a\r\nb");
+        let err = bad.check().unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::InvalidInput);
+        assert!(err.message().contains("line break"), "{err}");
+        assert!(
+            record("data.in.a", &[("ce-id", "a%20b")], b"{}")
+                .unwrap()
+                .check()
+                .is_ok()
+        );
     }
 }

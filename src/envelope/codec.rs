@@ -144,6 +144,31 @@ mod tests {
     }
 
     #[test]
+    fn numbers_survive_a_decode_and_encode_unchanged() {
+        // Found by fuzzing (fuzz/codec, fuzz/envelope, fuzz/coord_rule): without
+        // serde_json's float_roundtrip, each pass through JSON could move a float by
+        // one unit in the last place (-92232773644072009551615 read back as
+        // -9.2232773644072e22).
+        for text in [
+            "-92232773644072009551615",
+            "9777777777777777777777777777777777777777777777777",
+        ] {
+            let first: serde_json::Value = ContentType::Json.decode(text.as_bytes()).unwrap();
+            let again = ContentType::Json.encode(&first).unwrap();
+            let second: serde_json::Value = ContentType::Json.decode(&again).unwrap();
+            assert_eq!(first, second, "{text}");
+            let value: rmpv::Value = ContentType::Json.decode(text.as_bytes()).unwrap();
+            let packed = ContentType::MsgPack.encode(&value).unwrap();
+            let back: rmpv::Value = ContentType::MsgPack.decode(&packed).unwrap();
+            assert_eq!(back, value);
+            let json: rmpv::Value = ContentType::Json
+                .decode(&ContentType::Json.encode(&value).unwrap())
+                .unwrap();
+            assert_eq!(json, value, "{text}");
+        }
+    }
+
+    #[test]
     fn msgpack_rejects_trailing_bytes_and_truncation() {
         let mut bytes = ContentType::MsgPack.encode(&vec![1u32, 2, 3]).unwrap();
         bytes.push(0xc0);

@@ -23,8 +23,21 @@ pub fn server_addrs(url: &str) -> Result<Vec<ServerAddr>, Error> {
 /// Connects (failing clearly when nobody is there) and checks the server version.
 /// After the first connection the client reconnects forever, buffering publishes.
 pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
+    connect_as(url, name, None).await
+}
+
+/// [`connect`] as `login`'s user (secure mode), or without credentials.
+pub async fn connect_as(
+    url: &str,
+    name: &str,
+    login: Option<&super::secure::Login>,
+) -> Result<Client, Error> {
     let servers = server_addrs(url)?;
-    let client = ConnectOptions::new()
+    let options = match login {
+        Some(login) => login.apply(ConnectOptions::new()),
+        None => ConnectOptions::new(),
+    };
+    let client = options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
@@ -45,13 +58,15 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
 }
 
 /// How the command-line tools (`flows`, `dlq`, `status`, `logs`, `events tail`…)
-/// connect: the configured server, else the local default, named after the tool.
+/// connect: the configured server, else the local default, named after the tool; as
+/// the user `NATS_USER`/`NATS_PASSWORD` name when set (a server of `up --secure`).
 pub async fn connect_tool(config: &crate::config::Config, tool: &str) -> Result<Client, Error> {
     let url = config
         .nats_url
         .clone()
         .unwrap_or_else(|| crate::app::DEFAULT_NATS_URL.to_string());
-    connect(&url, &format!("switchyard-{tool}")).await
+    let login = super::secure::login_from_env();
+    connect_as(&url, &format!("switchyard-{tool}"), login.as_ref()).await
 }
 
 /// Waits until the server has processed everything this client sent before the call:

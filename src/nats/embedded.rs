@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::secure::{self, Secrets};
 use crate::error::Error;
 
 /// The configuration compiled into the binary, used when `nats/dev.conf` is not found
@@ -40,23 +41,40 @@ pub struct EmbeddedServer {
     options: ServerOptions,
     binary: PathBuf,
     config: PathBuf,
+    /// Secure mode's passwords, handed to the child through its environment only.
+    secrets: Option<Secrets>,
 }
 
 impl EmbeddedServer {
     /// Starts the server and waits until it accepts connections. A busy port, a missing
     /// or too-old binary, or a server that exits at once are one-line errors.
     pub fn start(options: ServerOptions) -> Result<EmbeddedServer, Error> {
+        Self::launch(options, None)
+    }
+
+    /// [`EmbeddedServer::start`] in secure mode: the configuration is followed by
+    /// `nats/auth.conf` (written to `<data dir>/secure/nats-secure.conf`) and the server
+    /// reads `secrets`' passwords from its environment.
+    pub fn start_secure(options: ServerOptions, secrets: Secrets) -> Result<EmbeddedServer, Error> {
+        Self::launch(options, Some(secrets))
+    }
+
+    fn launch(options: ServerOptions, secrets: Option<Secrets>) -> Result<EmbeddedServer, Error> {
         let binary = find_binary(options.binary.as_deref())?;
         check_binary_version(&binary)?;
         std::fs::create_dir_all(&options.data_dir).map_err(|e| {
             Error::unavailable(format!("cannot create {}: {e}", options.data_dir.display()))
         })?;
-        let config = resolve_config(options.config.as_deref(), &options.data_dir)?;
+        let mut config = resolve_config(options.config.as_deref(), &options.data_dir)?;
+        if secrets.is_some() {
+            config = secure_config(&config, &options.data_dir)?;
+        }
         let mut server = EmbeddedServer {
             child: None,
             options,
             binary,
             config,
+            secrets,
         };
         server.spawn()?;
         Ok(server)
@@ -91,6 +109,9 @@ impl EmbeddedServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(secrets) = &self.secrets {
+            command.envs(secrets.server_env());
+        }
         die_with_parent(&mut command);
         let child = command.spawn().map_err(|e| {
             Error::unavailable(format!("cannot start {}: {e}", self.binary.display()))
@@ -305,6 +326,15 @@ fn resolve_config(explicit: Option<&Path>, data_dir: &Path) -> Result<PathBuf, E
     std::fs::write(&written, BUILTIN_DEV_CONF)
         .map_err(|e| Error::unavailable(format!("cannot write {}: {e}", written.display())))?;
     Ok(written)
+}
+
+/// Secure mode's configuration: `base` followed by the users and their permissions.
+fn secure_config(base: &Path, data_dir: &Path) -> Result<PathBuf, Error> {
+    let text = std::fs::read_to_string(base)
+        .map_err(|e| Error::unavailable(format!("cannot read {}: {e}", base.display())))?;
+    let path = secure::secure_dir(data_dir)?.join("nats-secure.conf");
+    secure::write_private(&path, secure::server_config(&text).as_bytes())?;
+    Ok(path)
 }
 
 /// One clear line for a busy port instead of a server that dies with a log message.

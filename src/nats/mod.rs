@@ -4,8 +4,9 @@
 pub mod connect;
 pub mod embedded;
 pub mod provision;
+pub mod secure;
 pub mod watch;
 
-pub use connect::connect;
+pub use connect::{connect, connect_as};
 pub use embedded::{EmbeddedServer, ServerOptions};
 pub use provision::{Provisioned, missing, provision};

@@ -55,8 +55,18 @@ pub fn component_of(target: &str) -> &'static str {
         })
 }
 
-/// Turns a filter in component names into an EnvFilter, or says what is wrong.
+/// Turns a filter in component names into an EnvFilter, or says what is wrong. Field
+/// filters (`[span{field=value}]`) are refused: anyone may send a filter on
+/// `sys.log.level`, and fuzzing (fuzz/names) found that a crafted field value took tens
+/// of seconds of CPU to compile as a regular expression, and that some field lists
+/// make tracing-subscriber panic (an ordering invariant it asserts in debug builds).
 pub fn parse_filter(filter: &str) -> Result<EnvFilter, Error> {
+    if filter.contains('{') {
+        return Err(Error::invalid_input(format!(
+            "invalid log filter {filter:?}: field filters ({{field=value}}) are not supported; \
+             use component or module names, spans and levels"
+        )));
+    }
     let translated = translate(filter);
     EnvFilter::try_new(&translated)
         .map_err(|e| Error::invalid_input(format!("invalid log filter {filter:?}: {e}")))
@@ -160,5 +170,23 @@ mod tests {
         assert!(parse_filter("sync=debug,info").is_ok());
         let err = parse_filter("sync=loud").unwrap_err();
         assert_eq!(err.kind(), crate::error::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn field_filters_are_refused() {
+        // What fuzz/names found first: ~27 s of CPU to compile as a regular expression.
+        // The input that made tracing-subscriber panic is the seed
+        // fuzz/corpus/names/found-field-order-panic.
+        let slow = format!(
+            "[n\0{{\u{6}\u{6}\u{6}\u{6}ine\0\0\0\u{6}\u{6}=u\u{6}\u{6}\u{6}\u{6}.\u{6}\u{6}\0{}\
+             E\u{6}\u{6}\u{6}\u{6}\u{6}\u{6}\0E\u{6}\u{6}\u{6}\u{6}\u{6}w[\u{1}]a}}}},",
+            ".".repeat(55)
+        );
+        for filter in [slow.as_str(), "[request{service=echo}]=debug"] {
+            let err = parse_filter(filter).unwrap_err();
+            assert_eq!(err.kind(), crate::error::ErrorKind::InvalidInput);
+            assert!(err.message().contains("field filters"), "{err}");
+        }
+        assert!(parse_filter("[request]=debug,sync=trace,info").is_ok());
     }
 }

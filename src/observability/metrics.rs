@@ -33,6 +33,13 @@ pub const GATEWAY_BREAKER_STATE: &str = "switchyard_gateway_breaker_state";
 pub const GATEWAY_BREAKER_TRANSITIONS_TOTAL: &str = "switchyard_gateway_breaker_transitions_total";
 /// Replies a fallback gave; labels `service`, `kind` (service, cache, static).
 pub const GATEWAY_FALLBACKS_TOTAL: &str = "switchyard_gateway_fallbacks_total";
+/// Requests the gateway answered 429 at once because `max_in_flight` were being
+/// forwarded already (load shed); label `service` (`unknown` when not registered).
+pub const GATEWAY_SHED_TOTAL: &str = "switchyard_gateway_shed_total";
+/// HTTP requests the gateway refused before forwarding; labels `reason`
+/// (unauthenticated, rate_limited) and `key` (the API key's name, `-` when none is
+/// known; never the key).
+pub const GATEWAY_HTTP_REJECTED_TOTAL: &str = "switchyard_gateway_http_rejected_total";
 /// Events received by bus subscriptions; labels `mode` (ephemeral, durable) and
 /// `outcome` (decoded, malformed).
 pub const BUS_EVENTS_RECEIVED_TOTAL: &str = "switchyard_bus_events_received_total";
@@ -253,15 +260,31 @@ impl GatewayResilienceMetrics {
     }
 }
 
-/// Mirrors the NATS client's connection and traffic counters into gauges.
-pub fn record_nats(client: &async_nats::Client) {
+/// Counts one request the gateway shed (answered 429 without forwarding it).
+pub fn gateway_shed(service: &str) {
+    metrics::counter!(GATEWAY_SHED_TOTAL, "service" => service.to_string()).increment(1);
+}
+
+/// Counts one HTTP request refused for `reason` (unauthenticated, rate_limited).
+pub fn gateway_http_rejected(reason: &'static str, key: &str) {
+    metrics::counter!(GATEWAY_HTTP_REJECTED_TOTAL, "reason" => reason, "key" => key.to_string())
+        .increment(1);
+}
+
+/// Mirrors the NATS clients' connection and traffic counters into gauges: connected
+/// when all are, traffic and connects summed (secure mode has one client per component).
+pub fn record_nats(clients: &[async_nats::Client]) {
     use std::sync::atomic::Ordering::Relaxed;
-    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    let connected = clients
+        .iter()
+        .all(|c| c.connection_state() == async_nats::connection::State::Connected);
     metrics::gauge!(NATS_CONNECTED).set(if connected { 1.0 } else { 0.0 });
-    let stats = client.statistics();
-    metrics::counter!(NATS_BYTES_IN_TOTAL).absolute(stats.in_bytes.load(Relaxed));
-    metrics::counter!(NATS_BYTES_OUT_TOTAL).absolute(stats.out_bytes.load(Relaxed));
-    metrics::counter!(NATS_CONNECTS_TOTAL).absolute(stats.connects.load(Relaxed));
+    let sum = |counter: fn(&async_nats::Statistics) -> u64| -> u64 {
+        clients.iter().map(|c| counter(&c.statistics())).sum()
+    };
+    metrics::counter!(NATS_BYTES_IN_TOTAL).absolute(sum(|s| s.in_bytes.load(Relaxed)));
+    metrics::counter!(NATS_BYTES_OUT_TOTAL).absolute(sum(|s| s.out_bytes.load(Relaxed)));
+    metrics::counter!(NATS_CONNECTS_TOTAL).absolute(sum(|s| s.connects.load(Relaxed)));
 }
 
 /// Periodic housekeeping the exporter needs when we serve `/metrics` ourselves.
@@ -467,13 +490,8 @@ pub const PROCESS_OPEN_FDS: &str = "switchyard_process_open_fds";
 /// metrics-exporter-prometheus has no process collector. Where `/proc` is missing the
 /// gauges are simply not set.
 pub fn record_process() {
-    // SAFETY: sysconf only reads system constants.
-    let (page, ticks) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PAGESIZE),
-            libc::sysconf(libc::_SC_CLK_TCK),
-        )
-    };
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     if let Some(pages) = statm
         .split_whitespace()
@@ -483,18 +501,8 @@ pub fn record_process() {
     {
         metrics::gauge!(PROCESS_RESIDENT_MEMORY_BYTES).set(pages * page as f64);
     }
-    // Fields after the command name (which may hold spaces) in parentheses: utime and
-    // stime, fields 14 and 15 of stat(5), are the 12th and 13th after the `)`.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let times: Vec<f64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    if times.len() == 2 && ticks > 0 {
-        metrics::gauge!(PROCESS_CPU_SECONDS_TOTAL).set((times[0] + times[1]) / ticks as f64);
+    if let Some(cpu) = super::process::cpu_time("self") {
+        metrics::gauge!(PROCESS_CPU_SECONDS_TOTAL).set(cpu.as_secs_f64());
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!(PROCESS_OPEN_FDS).set(fds.count() as f64);

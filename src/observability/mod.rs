@@ -8,3 +8,4 @@ pub mod logging;
 pub mod logs;
 pub mod logs_cli;
 pub mod metrics;
+pub mod process;

@@ -29,7 +29,9 @@ impl ServiceArgs {
     /// Logs, connects, and runs `service` until SIGINT/SIGTERM, then stops gracefully.
     pub async fn run(self, service: Service) -> Result<(), Error> {
         crate::observability::logging::init(&self.log, LogFormat::Text);
-        let client = crate::nats::connect(&self.nats, service.name()).await?;
+        // A server of `up --secure` wants the services user (`NATS_USER`, `NATS_PASSWORD`).
+        let login = crate::nats::secure::login_from_env();
+        let client = crate::nats::connect_as(&self.nats, service.name(), login.as_ref()).await?;
         service
             .heartbeat(self.heartbeat)
             .task_ack_wait(self.task_ack_wait)

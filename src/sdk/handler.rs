@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::envelope::{Meta, Outgoing, check_size};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::observability::metrics as m;
 
 /// `ce-type` of error replies, as the shared responder uses.
@@ -133,6 +133,44 @@ pub(crate) async fn handle(endpoint: &Endpoint, request: Request) {
     m::sdk_request(&endpoint.service, &endpoint.operation, Some(code), took);
 }
 
+/// Answers a request this instance has no room for: 429 overloaded at once, without
+/// decoding it (shedding must cost far less than handling).
+pub(crate) async fn shed(endpoint: &Endpoint, request: Request) {
+    let started = Instant::now();
+    if request.message.reply.is_none() {
+        m::sdk_request(
+            &endpoint.service,
+            &endpoint.operation,
+            None,
+            started.elapsed(),
+        );
+        return;
+    }
+    let err = Error::new(
+        ErrorKind::Overloaded,
+        format!(
+            "service {} is at its concurrency limit; retry later",
+            endpoint.service
+        ),
+    );
+    let meta = Meta::from_headers(request.message.headers.as_ref(), &endpoint.request_type)
+        .unwrap_or_else(|_| Meta::unreadable(request.message.headers.as_ref()));
+    let headers = error_headers(endpoint, &meta);
+    let micro = MicroError {
+        status: err.header_text(),
+        code: usize::from(err.code()),
+    };
+    if let Err(send) = request.respond_with_headers(Err(micro), headers).await {
+        tracing::warn!(err = %send, service = %endpoint.service, operation = %endpoint.operation, "cannot send reply");
+    }
+    m::sdk_request(
+        &endpoint.service,
+        &endpoint.operation,
+        Some(err.code()),
+        started.elapsed(),
+    );
+}
+
 /// Follow-up headers for an error reply (micro adds the two error headers and an
 /// empty body). Dropped if the request's own attributes were so large that echoing
 /// them would exceed `max_payload`: the error headers alone still get through.
@@ -151,7 +189,6 @@ fn error_headers(endpoint: &Endpoint, meta: &Meta) -> HeaderMap {
 mod tests {
     use super::*;
     use crate::envelope::ContentType;
-    use crate::error::ErrorKind;
 
     #[tokio::test]
     async fn typed_handlers_answer_in_the_callers_codec() {

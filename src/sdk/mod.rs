@@ -73,7 +73,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Shortest heartbeat accepted (the entry's TTL is kept in whole seconds anyway).
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Requests one instance handles at once unless [`Service::max_in_flight`] says
-/// otherwise; more wait in the endpoint's buffer.
+/// otherwise; more are answered 429 overloaded at once (shed), not queued.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// How long a graceful stop waits for in-flight handlers unless
 /// [`Service::stop_timeout`] says otherwise.
@@ -152,7 +152,8 @@ impl Service {
         self
     }
 
-    /// Requests handled at once by this instance, across its operations (default 512).
+    /// Requests handled at once by this instance, across its operations (default 512);
+    /// a request beyond them is answered 429 overloaded at once.
     pub fn max_in_flight(mut self, requests: usize) -> Service {
         if requests == 0 {
             self.note_invalid("max_in_flight must be at least 1".into());

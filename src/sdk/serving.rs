@@ -2,12 +2,17 @@
 //! endpoint (bounded by the service's permits) until the service stops or the instance
 //! leaves its queue group, and [`Rejoin`] leaves and rejoins the group as
 //! [`super::routing`] decides.
+//!
+//! A request that finds every permit taken is shed: answered 429 overloaded at once,
+//! not queued. Queued, it would wait behind the requests in flight until its caller's
+//! deadline passed, and a flood would pile up in the endpoint's buffer; a 429 lets the
+//! caller (the gateway retries it within its budget) try another instance or back off.
 
 use std::sync::Arc;
 
 use async_nats::Client;
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,8 +65,13 @@ pub(super) async fn serve_endpoint(
                 request = requests.next() => request,
             };
             let Some(request) = request else { break };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::NoPermits) => {
+                    handler::shed(&endpoint, request).await;
+                    continue;
+                }
+                Err(TryAcquireError::Closed) => break,
             };
             let endpoint = endpoint.clone();
             tasks.spawn(async move {

@@ -43,6 +43,10 @@ pub struct Comparison {
     pub gateway_p99_over_direct_us: i64,
     pub relay_p50_over_direct_us: i64,
     pub relay_p99_over_direct_us: i64,
+    /// The relay's CPU per request over the gateway's (this process and the server):
+    /// what the throughput ratio approaches on a machine with nothing else running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_vs_relay_cpu: Option<f64>,
 }
 
 /// What one registry lookup as the gateway makes it per request costs, from batches
@@ -161,6 +165,10 @@ pub fn compare(rows: &[ScenarioResult]) -> Vec<Comparison> {
             gateway_p99_over_direct_us: p99(g, d),
             relay_p50_over_direct_us: p50(r, d),
             relay_p99_over_direct_us: p99(r, d),
+            gateway_vs_relay_cpu: match (g.cpu, r.cpu) {
+                (Some(g), Some(r)) if g.total_us() > 0.0 => Some(r.total_us() / g.total_us()),
+                _ => None,
+            },
         })
         .collect()
 }
@@ -222,7 +230,7 @@ pub fn render_table(report: &GatewayReport) -> String {
         "direct = {}, relay = {} -> {}, gateway = {} -> {}\n",
         s.direct, s.relay, s.direct, s.gateway, s.direct
     );
-    let notes = "vs direct (msgs/s; p50, p99); gateway/relay msgs/s";
+    let notes = "vs direct (msgs/s; p50, p99); gateway/relay msgs/s, cpu/request";
     let _ = writeln!(out, "{}", scenario_header("path", notes));
     for r in &report.scenarios {
         let mut notes = Vec::new();
@@ -238,11 +246,12 @@ pub fn render_table(report: &GatewayReport) -> String {
                 fmt_delta_us(c.relay_p99_over_direct_us)
             )),
             (GATEWAY, Some(c)) => notes.push(format!(
-                "{}; {}, {}; {}",
+                "{}; {}, {}; {}, {}",
                 fmt_ratio(c.gateway_vs_direct_throughput),
                 fmt_delta_us(c.gateway_p50_over_direct_us),
                 fmt_delta_us(c.gateway_p99_over_direct_us),
-                fmt_ratio(c.gateway_vs_relay_throughput)
+                fmt_ratio(c.gateway_vs_relay_throughput),
+                c.gateway_vs_relay_cpu.map_or("-".to_string(), fmt_ratio)
             )),
             _ => {}
         }
@@ -293,6 +302,11 @@ mod tests {
             errors: 0,
             first_error: None,
             elapsed: Duration::from_secs(1),
+            // As if the machine were saturated: CPU per request is 1 s over the rate.
+            cpu: Some(crate::bench::cpu::CpuPerUnit {
+                bench_us: 1e6 / rate,
+                server_us: None,
+            }),
         };
         ScenarioResult::new(path, 128, conc, "operation", m)
     }
@@ -340,6 +354,8 @@ mod tests {
         assert_eq!(c.gateway_p50_over_direct_us, 170);
         assert_eq!(c.gateway_p99_over_direct_us, 400);
         assert_eq!(c.relay_p99_over_direct_us, 200);
+        let cpu = c.gateway_vs_relay_cpu.unwrap();
+        assert!((cpu - 0.92).abs() < 1e-9, "{c:?}");
         // No gateway row for 1 KiB: no comparison rather than a made-up one.
         assert!(compare(&report.scenarios[..2]).is_empty());
     }
@@ -381,7 +397,7 @@ mod tests {
         assert!(text.starts_with("switchyard bench gateway: "), "{text}");
         let gateway = text.lines().find(|l| l.starts_with("gateway")).unwrap();
         assert!(
-            gateway.ends_with("0.46x; +170 µs, +400 µs; 0.92x"),
+            gateway.ends_with("0.46x; +170 µs, +400 µs; 0.92x, 0.92x"),
             "{gateway}"
         );
         let relay = text.lines().find(|l| l.starts_with("relay")).unwrap();

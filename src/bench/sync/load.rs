@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 
 use super::super::Timing;
+use super::super::cpu::{CpuMeter, CpuPerUnit};
 use super::super::report::{micros, new_histogram};
 use crate::error::Error;
 use crate::subjects::headers as h;
@@ -48,6 +49,8 @@ pub struct Measured {
     pub p99_us: u64,
     pub published: u64,
     pub delivered: u64,
+    /// CPU per record that reached the target within the window.
+    pub cpu: CpuPerUnit,
 }
 
 /// The target: answers every request at once and notes its arrival.
@@ -199,7 +202,10 @@ pub async fn measure(
             }
         }));
     }
+    tokio::time::sleep_until(from.into()).await;
+    let cpu_from = timing.cpu.sample();
     tokio::time::sleep_until(to.into()).await;
+    let cpu_to = timing.cpu.sample();
     stop.store(true, Ordering::Relaxed);
     for publisher in publishers {
         let _ = publisher.await;
@@ -219,9 +225,10 @@ pub async fn measure(
         .latency
         .lock()
         .map_err(|_| Error::internal("latency lock"))?;
+    let in_window = arrivals.in_window.load(Ordering::Relaxed);
     Ok(Measured {
-        records_per_sec: arrivals.in_window.load(Ordering::Relaxed) as f64
-            / timing.duration.as_secs_f64(),
+        records_per_sec: in_window as f64 / timing.duration.as_secs_f64(),
+        cpu: CpuMeter::per_unit(cpu_from, cpu_to, in_window),
         p50_us: histogram.value_at_quantile(0.5),
         p99_us: histogram.value_at_quantile(0.99),
         published,

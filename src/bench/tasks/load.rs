@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::super::Timing;
+use super::super::cpu::{CpuMeter, CpuPerUnit};
 use super::super::report::{micros, new_histogram};
 use crate::error::Error;
 
@@ -53,6 +54,8 @@ pub struct Measured {
     pub p99_us: u64,
     pub submitted: u64,
     pub completed: u64,
+    /// CPU per task completed within the window.
+    pub cpu: CpuPerUnit,
 }
 
 impl Completions {
@@ -161,7 +164,10 @@ where
             }
         }));
     }
+    tokio::time::sleep_until(from.into()).await;
+    let cpu_from = timing.cpu.sample();
     tokio::time::sleep_until(to.into()).await;
+    let cpu_to = timing.cpu.sample();
     stop.store(true, Ordering::Relaxed);
     for submitter in submitters {
         let _ = submitter.await;
@@ -181,9 +187,10 @@ where
         .latency
         .lock()
         .map_err(|_| Error::internal("latency lock"))?;
+    let in_window = completions.in_window.load(Ordering::Relaxed);
     Ok(Measured {
-        tasks_per_sec: completions.in_window.load(Ordering::Relaxed) as f64
-            / timing.duration.as_secs_f64(),
+        tasks_per_sec: in_window as f64 / timing.duration.as_secs_f64(),
+        cpu: CpuMeter::per_unit(cpu_from, cpu_to, in_window),
         p50_us: histogram.value_at_quantile(0.5),
         p99_us: histogram.value_at_quantile(0.99),
         submitted,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::condition::{self, FieldCondition};
-use crate::data::record::{DATA_IN_PREFIX, Record};
+use crate::data::record::{DATA_IN_PREFIX, Record, check_header_value};
 use crate::error::Error;
 use crate::subjects::{svc, validate_token};
 
@@ -230,7 +230,7 @@ impl Rule {
             Key::Header(name) => record.header(name),
             Key::SubjectToken(n) => subject.get(*n).map(|t| (*t).to_string()),
         };
-        value.filter(|v| !v.is_empty()).ok_or_else(|| {
+        let key = value.filter(|v| !v.is_empty()).ok_or_else(|| {
             Error::invalid_input(format!(
                 "record {} on {} has no {}, the key of flow rule {}",
                 record.id,
@@ -238,7 +238,10 @@ impl Rule {
                 self.describe_key(),
                 self.name()
             ))
-        })
+        })?;
+        // Data sync sends the key in `Switchyard-Record-Key`.
+        check_header_value(&format!("key ({})", self.describe_key()), &key)?;
+        Ok(key)
     }
 }
 

@@ -276,3 +276,20 @@ fn a_target_name_means_one_destination_across_rules() {
     v["targets"][1]["subject"] = json!("audit.elsewhere");
     assert!(check_conflicts(&parse(&v).unwrap(), [&first]).is_ok());
 }
+
+#[test]
+fn a_key_with_a_line_break_makes_the_record_malformed() {
+    // Found by fuzzing (fuzz/flow_record): data sync sends the key in a header, and
+    // async-nats panics on a header value with CR or LF, so the sync worker died.
+    let mut v = example();
+    v["key"] = json!({"field": "/order_id"});
+    let rule = parse(&v).unwrap();
+    let r = record("data.in.orders.eu", &[], br#"{"order_id":"o-1\nx"}"#);
+    let err = rule.key_of(&r, &split(&r.subject)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.message().contains("line break"), "{}", err.message());
+    v["key"] = json!({"header": "x-key"});
+    let rule = parse(&v).unwrap();
+    let r = record("data.in.orders.eu", &[("x-key", "a%0Ab")], b"{}");
+    assert!(rule.key_of(&r, &split(&r.subject)).is_err());
+}

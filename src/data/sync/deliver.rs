@@ -73,13 +73,8 @@ pub async fn deliver(
     metrics: &SyncMetrics,
 ) -> Outcome {
     let started = Instant::now();
-    let mut headers = record.headers.clone();
-    headers.insert(DELIVERY_ID, record.id.as_str());
-    headers.insert(RECORD_KEY, delivery.key.as_str());
-    headers.insert(TARGET, delivery.target.name.as_str());
-    headers.insert(TIMEOUT_MS, policy.timeout.as_millis().to_string());
     let request = async_nats::Request::new()
-        .headers(headers)
+        .headers(delivery_headers(record, delivery, policy))
         .payload(record.payload.clone())
         .timeout(Some(policy.timeout));
     let answer = deps
@@ -117,6 +112,23 @@ pub async fn deliver(
             }
         }
     }
+}
+
+/// The headers of one delivery: the record's own plus `Switchyard-Delivery-Id`,
+/// `Switchyard-Record-Key`, `Switchyard-Target` and `Switchyard-Timeout-Ms`. The id and
+/// the key come from the source; routing refuses a record whose id or key could not be
+/// a header value (see [`Record::check`] and [`crate::data::flow::Rule::key_of`]).
+pub fn delivery_headers(
+    record: &Record,
+    delivery: &Delivery,
+    policy: &SyncPolicy,
+) -> async_nats::HeaderMap {
+    let mut headers = record.headers.clone();
+    headers.insert(DELIVERY_ID, record.id.as_str());
+    headers.insert(RECORD_KEY, delivery.key.as_str());
+    headers.insert(TARGET, delivery.target.name.as_str());
+    headers.insert(TIMEOUT_MS, policy.timeout.as_millis().to_string());
+    headers
 }
 
 /// Stores the confirmation for the source, in the record's codec, once per record and

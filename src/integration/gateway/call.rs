@@ -120,7 +120,7 @@ impl Call<'_> {
         let Some(kind) = failure_kind(&outcome) else {
             return outcome;
         };
-        if !counts_against_breaker(kind) {
+        if !service_failed(kind) {
             return outcome;
         }
         for fallback in &self.guard.fallbacks {
@@ -276,10 +276,18 @@ fn failure_kind(outcome: &Outcome) -> Option<ErrorKind> {
     }
 }
 
-/// What the breaker counts as the service failing: what is retried, and internal
-/// errors; never a caller's mistake (4xx).
-pub(super) fn counts_against_breaker(kind: ErrorKind) -> bool {
+/// Whether the service could not answer the call (what is retried, and internal
+/// errors; never a caller's mistake): then the fallbacks are tried.
+fn service_failed(kind: ErrorKind) -> bool {
     kind.handling().retried || kind == ErrorKind::Internal
+}
+
+/// What the breaker counts as the service failing: [`service_failed`] less an explicit
+/// 429 overloaded. A service that sheds is up and answers at once; counting its 429s
+/// would open the breaker under a flood and turn serving at capacity into serving
+/// nothing for the open time. Never a caller's mistake (4xx).
+pub(super) fn counts_against_breaker(kind: ErrorKind) -> bool {
+    service_failed(kind) && kind != ErrorKind::Overloaded
 }
 
 fn message(headers: Option<HeaderMap>, payload: Bytes) -> Message {

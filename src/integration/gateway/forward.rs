@@ -5,9 +5,17 @@
 //! fallbacks). The payload is never decoded: the service validates it, and its reply
 //! comes back untouched. Every request is counted here, whichever way it came, and every
 //! error reply is reported to the error log.
+//!
+//! At most `max_in_flight` requests are forwarded at once (both ingresses together); one
+//! more is shed: answered 429 overloaded at once, without touching the service. Waiting
+//! for a slot instead would only move the queue into the subscription buffer and the
+//! callers' deadlines would pass there (timeouts, memory); an immediate 429 tells the
+//! caller to back off while the requests in flight still get their answers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use async_nats::header::HeaderName;
 use async_nats::{Client, HeaderMap, Message};
@@ -19,7 +27,7 @@ use super::guard::Policies;
 use crate::envelope::{Meta, TraceParent, content_type_of, error_from_reply};
 use crate::error::{Error, ErrorKind};
 use crate::integration::registry::{Lookup, view::RegistryView};
-use crate::observability::metrics::GatewayMetrics;
+use crate::observability::metrics::{self as m, GatewayMetrics};
 use crate::resilience::errorlog::{ErrorLog, Where};
 use crate::resilience::fallback::LastGood;
 use crate::subjects::{headers as h, validate_token};
@@ -55,17 +63,23 @@ struct Inner {
     last_good: LastGood,
     errors: ErrorLog,
     metrics: GatewayMetrics,
+    /// Slots for requests being forwarded; none free means shed.
+    in_flight: Semaphore,
+    max_in_flight: usize,
 }
 
 impl Forwarder {
     /// `errors` receives every error reply the gateway gives (`ErrorLog::disabled()`
-    /// where nothing should be reported).
+    /// where nothing should be reported); `max_in_flight` requests are forwarded at
+    /// once, more are shed (at least one is always let through).
     pub fn new(
         client: Client,
         view: RegistryView,
         policies: Policies,
         errors: ErrorLog,
+        max_in_flight: usize,
     ) -> Forwarder {
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Forwarder {
             inner: Arc::new(Inner {
                 client,
@@ -74,8 +88,15 @@ impl Forwarder {
                 last_good: LastGood::default(),
                 errors,
                 metrics: GatewayMetrics::default(),
+                in_flight: Semaphore::new(max_in_flight),
+                max_in_flight,
             }),
         }
+    }
+
+    /// Requests forwarded at once before the gateway sheds.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight
     }
 
     pub fn view(&self) -> &RegistryView {
@@ -99,9 +120,16 @@ impl Forwarder {
     ) -> Result<Message, Refusal> {
         let started = Instant::now();
         let mut labels = (UNKNOWN, UNKNOWN);
-        let result = self
-            .try_forward(service, operation, headers, payload, started, &mut labels)
-            .await;
+        let result = match self.inner.in_flight.try_acquire() {
+            Ok(slot) => {
+                let result = self
+                    .try_forward(service, operation, headers, payload, started, &mut labels)
+                    .await;
+                drop(slot);
+                result
+            }
+            Err(_) => Err(self.shed(service, operation, &headers, &mut labels)),
+        };
         let code = match &result {
             Ok(reply) => reply_code(reply),
             Err(refusal) => refusal.error.code(),
@@ -113,6 +141,37 @@ impl Forwarder {
             self.report(service, operation, &result);
         }
         result
+    }
+
+    /// The answer to a request over the in-flight limit: 429 at once, counted in
+    /// `switchyard_gateway_shed_total` under the service if the registry knows it (no
+    /// I/O: a cached lookup).
+    fn shed<'a>(
+        &self,
+        service: &'a str,
+        operation: &'a str,
+        headers: &HeaderMap,
+        labels: &mut (&'a str, &'a str),
+    ) -> Refusal {
+        let (lookup, serves) = self.inner.view.route(service, operation);
+        if lookup != Lookup::Unknown {
+            labels.0 = service;
+            if serves {
+                labels.1 = operation;
+            }
+        }
+        m::gateway_shed(labels.0);
+        Refusal {
+            meta: Meta::from_headers(Some(headers), REQUEST_TYPE)
+                .unwrap_or_else(|_| Meta::unreadable(Some(headers))),
+            error: Error::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "gateway overloaded: {} requests in flight already; retry later",
+                    self.inner.max_in_flight
+                ),
+            ),
+        }
     }
 
     /// A request refused before it named a route (a malformed subject or HTTP request):

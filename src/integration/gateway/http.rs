@@ -8,9 +8,12 @@
 //! reachable as `POST /v1/tasks/<operation>`. CloudEvents `ce-*` headers (HTTP binary mode)
 //! and W3C `traceparent`/`tracestate` are carried into the envelope; `X-Request-Timeout`
 //! (milliseconds) is the caller's deadline. Every request runs in [`Context::spawn`],
-//! and the server stops gracefully with the component.
+//! and the server stops gracefully with the component. Every route, the fallback
+//! included, is behind [`http_auth::guard`]: API keys and their rate limits when
+//! required; the key's name goes on as `Switchyard-Api-Key-Name`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -23,6 +26,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::forward::{Forwarder, REQUEST_TYPE};
+use super::http_auth::{self, HttpAuth};
 use crate::component::Context;
 use crate::component::responder::ErrorBody;
 use crate::envelope::{ContentType, Meta, error_from_reply, to_display_json};
@@ -63,6 +67,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
 pub fn serve(
     ctx: &Context,
     forwarder: Forwarder,
+    auth: Arc<HttpAuth>,
     listener: std::net::TcpListener,
 ) -> Result<SocketAddr, Error> {
     let listener = tokio::net::TcpListener::from_std(listener)
@@ -83,10 +88,29 @@ pub fn serve(
             ))
         })
         .layer(DefaultBodyLimit::max(max_body))
+        // Outermost, so a refused request is not even read.
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            http_auth::guard,
+        ))
         .with_state(HttpState {
             ctx: ctx.clone(),
             forwarder,
         });
+    if auth.required() {
+        tracing::info!(
+            keys = auth.key_count(),
+            "gateway HTTP ingress requires an API key"
+        );
+    } else if addr.ip().is_loopback() {
+        tracing::info!(%addr, "gateway HTTP ingress is open: no API key required (loopback)");
+    } else {
+        tracing::warn!(
+            %addr,
+            "gateway HTTP ingress is open to the network without API keys: set \
+             gateway.require_api_key and configure keys"
+        );
+    }
     let stop = ctx.shutdown().clone();
     ctx.spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
@@ -239,6 +263,10 @@ fn envelope_headers(http: &HeaderMap) -> async_nats::HeaderMap {
             nats.insert(name, value);
         }
     }
+    // Set by `http_auth::guard` only (a caller's own is removed).
+    if let Some(Ok(key)) = http.get(http_auth::KEY_NAME).map(|v| v.to_str()) {
+        nats.insert(h::API_KEY_NAME, key);
+    }
     if let Some(timeout) = http.get(REQUEST_TIMEOUT) {
         nats.insert(
             h::TIMEOUT_MS,
@@ -304,7 +332,7 @@ fn to_json(codec: ContentType, payload: Bytes) -> Bytes {
     }
 }
 
-fn error_response(err: &Error) -> Response {
+pub(super) fn error_response(err: &Error) -> Response {
     let body = json_bytes(&ErrorBody::from(err));
     let status = StatusCode::from_u16(err.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, body)

@@ -13,19 +13,22 @@
 //!   budget, breaker, fallbacks, idempotent operations), checked.
 //! - [`guard`]: the policies in force, watched live, and each routed service's guard;
 //!   [`breaker_events`]: `events.sys.breaker.<opened|closed>`.
-//! - [`http`]: the HTTP ingress (axum).
+//! - [`http`]: the HTTP ingress (axum); [`http_auth`]: its API keys and per-key rate
+//!   limits (401, 429), with the keys' configuration in [`api_keys`].
 //!
 //! The service's reply, error replies included, goes back to the caller untouched (after
 //! retries: the last one); the gateway's own errors have the responder's shape
 //! (`Nats-Service-Error`, `Nats-Service-Error-Code`, an error body in the caller's
 //! codec). Every error reply is reported to the error log (`errors.gateway`).
 
+pub mod api_keys;
 pub mod breaker_command;
 pub mod breaker_events;
 mod call;
 pub mod forward;
 pub mod guard;
 pub mod http;
+pub mod http_auth;
 pub mod policy;
 
 use std::sync::{Arc, Mutex};
@@ -89,7 +92,9 @@ impl Component for GatewayComponent {
     }
 
     fn configure(&mut self, config: &Config) -> Result<(), Error> {
-        self.config = config.gateway;
+        self.config = config.gateway.clone();
+        // Refused here too (not only by `Config::load`), for settings changed after it.
+        http_auth::HttpAuth::new(&self.config)?;
         let listener = http::bind(self.config.http)?;
         if let Ok(mut slot) = self.listener.lock() {
             *slot = Some(listener);
@@ -109,16 +114,30 @@ impl Component for GatewayComponent {
             let policies =
                 Policies::start(&ctx.client, self.config.timeout, Some(events), stop).await?;
             breaker_command::serve(&ctx, policies.clone()).await?;
-            let forwarder = Forwarder::new(ctx.client.clone(), view, policies, ctx.errors.clone());
-            let addr = http::serve(&ctx, forwarder.clone(), listener)?;
+            let forwarder = Forwarder::new(
+                ctx.client.clone(),
+                view,
+                policies,
+                ctx.errors.clone(),
+                self.config.max_in_flight,
+            );
+            let auth = Arc::new(http_auth::HttpAuth::new(&self.config)?);
+            let addr = http::serve(&ctx, forwarder.clone(), auth, listener)?;
             tracing::info!(%addr, "gateway HTTP ingress listening");
             serve_nats(&ctx, forwarder).await
         })
     }
 }
 
-/// `api.>`: every message goes through [`responder::serve_messages`] (bounded, drained
-/// on shutdown) into the forwarder; the reply goes back exactly as the service sent it.
+/// Handlers the `api.>` loop runs beyond the forwarder's `max_in_flight`: the requests
+/// being shed, each answered at once. The loop waits for a slot only when even those
+/// answers cannot go out (the connection is stuck); then messages wait in the bounded
+/// subscription buffer.
+const SHED_HEADROOM: usize = 256;
+
+/// `api.>`: every message goes through [`responder::serve_messages_limited`] (bounded,
+/// drained on shutdown) into the forwarder, which sheds what is over its limit; the
+/// reply goes back exactly as the service sent it.
 async fn serve_nats(ctx: &Context, forwarder: Forwarder) -> Result<(), Error> {
     let endpoint = Endpoint {
         name: "api",
@@ -128,7 +147,8 @@ async fn serve_nats(ctx: &Context, forwarder: Forwarder) -> Result<(), Error> {
         source: SOURCE,
     };
     let shared = Arc::new(endpoint.clone());
-    responder::serve_messages(ctx, &endpoint, move |message: Message| {
+    let limit = forwarder.max_in_flight().saturating_add(SHED_HEADROOM);
+    responder::serve_messages_limited(ctx, &endpoint, limit, move |message: Message| {
         let (forwarder, endpoint) = (forwarder.clone(), shared.clone());
         async move { handle(&forwarder, &endpoint, message).await }
     })
