@@ -3,54 +3,16 @@
 //! instances of the components share the work (both gateways answer), and exactly one
 //! coordinator leads.
 
+#[path = "common/chaos.rs"]
+mod chaos;
 mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Process, free_addr};
-use switchyard::nats::{EmbeddedServer, ServerOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Three nodes with generated configurations; dropped, they stop.
-fn start_cluster(dir: &std::path::Path) -> (Vec<EmbeddedServer>, String) {
-    let clients: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let routes: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let route_urls: Vec<String> = routes.iter().map(|r| format!("nats-route://{r}")).collect();
-    let mut servers = Vec::new();
-    for i in 0..3 {
-        let node = dir.join(format!("n{i}"));
-        std::fs::create_dir_all(&node).unwrap();
-        let config = node.join("node.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "server_name: n{i}\nmax_payload: 1MB\n\
-                 jetstream {{ max_file_store: 16GB, max_memory_store: 256MB }}\n\
-                 cluster {{ name: test, listen: {}, routes: [{}] }}\n",
-                routes[i],
-                route_urls.join(", ")
-            ),
-        )
-        .unwrap();
-        servers.push(
-            EmbeddedServer::start(ServerOptions {
-                listen: clients[i],
-                data_dir: node.join("store"),
-                config: Some(config),
-                binary: None,
-            })
-            .expect("a cluster node"),
-        );
-    }
-    let url = clients
-        .iter()
-        .map(|c| format!("nats://{c}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    (servers, url)
-}
 
 fn gauge(admin: SocketAddr, series: &str) -> Option<f64> {
     let (_, body) = common::http_get(admin, "/metrics")?;
@@ -62,7 +24,8 @@ fn gauge(admin: SocketAddr, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_work_on_a_three_node_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let (_servers, url) = start_cluster(dir.path());
+    let cluster = chaos::Cluster::start(dir.path());
+    let url = cluster.url.clone();
     let client = switchyard::nats::connect(&url, "cluster-test")
         .await
         .unwrap();

@@ -33,6 +33,34 @@ impl CpuPerUnit {
     pub fn total_us(&self) -> f64 {
         self.bench_us + self.server_us.unwrap_or(0.0)
     }
+
+    /// `baseline`'s CPU per unit over this one's (0 when nothing was counted).
+    pub fn ratio_to(&self, baseline: &CpuPerUnit) -> f64 {
+        ratio(baseline.total_us(), self.total_us())
+    }
+}
+
+/// `value / baseline`, 0 for an empty baseline.
+pub fn ratio(value: f64, baseline: f64) -> f64 {
+    if baseline > 0.0 {
+        value / baseline
+    } else {
+        0.0
+    }
+}
+
+/// The line under a table with a cpu column: what it counts, per `unit`.
+pub fn footnote(unit: &str, rows: impl IntoIterator<Item = CpuPerUnit>) -> String {
+    let server_missing = rows.into_iter().any(|r| r.server_us.is_none());
+    format!(
+        "\ncpu µs: CPU time of this process and nats-server per {unit} within the window; \
+         cpu ratio: the hand-written path's over this one's{}\n",
+        if server_missing {
+            " (server not counted: it is not ours)"
+        } else {
+            ""
+        }
+    )
 }
 
 impl CpuMeter {

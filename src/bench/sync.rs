@@ -27,7 +27,7 @@ use serde::Serialize;
 use self::load::{
     IN_FLIGHT, Measured, PUBLISHERS, RECORD_BYTES, measure, serve_target, thin_pipeline,
 };
-use super::cpu::CpuPerUnit;
+use super::cpu::{self, CpuPerUnit};
 use super::report::RunInfo;
 use super::{Names, Timing};
 use crate::admin::Readiness;
@@ -151,18 +151,10 @@ pub async fn bench(
         row("hand-written pipeline", base),
         row("switchyard flow + sync", ours),
     ];
-    let baseline_cpu = rows[0].cpu.total_us();
+    let baseline_cpu = rows[0].cpu;
     for row in &mut rows {
-        row.ratio = if baseline > 0.0 {
-            row.records_per_sec / baseline
-        } else {
-            0.0
-        };
-        row.cpu_ratio = if row.cpu.total_us() > 0.0 {
-            baseline_cpu / row.cpu.total_us()
-        } else {
-            0.0
-        };
+        row.ratio = cpu::ratio(row.records_per_sec, baseline);
+        row.cpu_ratio = row.cpu.ratio_to(&baseline_cpu);
     }
     Ok(SyncReport { run, rows, cache })
 }
@@ -212,14 +204,7 @@ pub fn render_table(report: &SyncReport) -> String {
             r.cpu_ratio
         ));
     }
-    out.push_str(&format!(
-        "\ncpu µs: CPU time of this process and nats-server per record within the window; cpu ratio: the hand-written path's over this one's{}\n",
-        if report.rows.iter().any(|r| r.cpu.server_us.is_none()) {
-            " (server not counted: it is not ours)"
-        } else {
-            ""
-        }
-    ));
+    out.push_str(&cpu::footnote("record", report.rows.iter().map(|r| r.cpu)));
     if let Some(cache) = &report.cache {
         let hit = &cache.get_local_hit;
         out.push_str(&format!(

@@ -27,7 +27,7 @@ use self::load::{
     Completions, IN_FLIGHT, Measured, SUBMITTERS, TASK_BYTES, handler, measure, tasks_submit,
     thin_submit, thin_work_queue,
 };
-use super::cpu::CpuPerUnit;
+use super::cpu::{self, CpuPerUnit};
 use super::report::RunInfo;
 use super::{Names, Timing};
 use crate::admin::Readiness;
@@ -152,18 +152,10 @@ pub async fn bench(
         row("hand-written work queue", base),
         row("switchyard tasks", ours),
     ];
-    let baseline_cpu = rows[0].cpu.total_us();
+    let baseline_cpu = rows[0].cpu;
     for row in &mut rows {
-        row.ratio = if baseline > 0.0 {
-            row.tasks_per_sec / baseline
-        } else {
-            0.0
-        };
-        row.cpu_ratio = if row.cpu.total_us() > 0.0 {
-            baseline_cpu / row.cpu.total_us()
-        } else {
-            0.0
-        };
+        row.ratio = cpu::ratio(row.tasks_per_sec, baseline);
+        row.cpu_ratio = row.cpu.ratio_to(&baseline_cpu);
     }
     let target_met = rows[1].ratio >= TARGET_RATIO;
     Ok(TasksReport {
@@ -260,14 +252,7 @@ pub fn render_table(report: &TasksReport) -> String {
             r.cpu_ratio
         ));
     }
-    out.push_str(&format!(
-        "\ncpu µs: CPU time of this process and nats-server per task within the window; cpu ratio: the hand-written path's over this one's{}\n",
-        if report.rows.iter().any(|r| r.cpu.server_us.is_none()) {
-            " (server not counted: it is not ours)"
-        } else {
-            ""
-        }
-    ));
+    out.push_str(&cpu::footnote("task", report.rows.iter().map(|r| r.cpu)));
     out.push_str(&format!(
         "\ntarget: switchyard tasks >= {:.0} % of the hand-written queue's tasks/s: {}\n",
         report.target_ratio * 100.0,

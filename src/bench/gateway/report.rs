@@ -165,10 +165,7 @@ pub fn compare(rows: &[ScenarioResult]) -> Vec<Comparison> {
             gateway_p99_over_direct_us: p99(g, d),
             relay_p50_over_direct_us: p50(r, d),
             relay_p99_over_direct_us: p99(r, d),
-            gateway_vs_relay_cpu: match (g.cpu, r.cpu) {
-                (Some(g), Some(r)) if g.total_us() > 0.0 => Some(r.total_us() / g.total_us()),
-                _ => None,
-            },
+            gateway_vs_relay_cpu: g.cpu.zip(r.cpu).map(|(g, r)| g.ratio_to(&r)),
         })
         .collect()
 }
