@@ -17,7 +17,7 @@ use crate::error::Error;
 
 /// Component names and the module each one lives in: how filters and log subjects
 /// name components.
-pub const COMPONENT_TARGETS: [(&str, &str); 17] = [
+pub const COMPONENT_TARGETS: [(&str, &str); 18] = [
     ("gateway", "switchyard::integration::gateway"),
     ("registry", "switchyard::integration::registry"),
     ("bus", "switchyard::integration::bus"),
@@ -27,6 +27,7 @@ pub const COMPONENT_TARGETS: [(&str, &str); 17] = [
     ("coordinator", "switchyard::system::coordinator"),
     ("health", "switchyard::system::health"),
     ("monitor", "switchyard::system::monitor"),
+    ("alerts", "switchyard::observability::alerts"),
     ("instance", "switchyard::system::instance"),
     ("deadletter", "switchyard::resilience::deadletter"),
     ("tasks", "switchyard::resilience::tasks"),

@@ -247,7 +247,7 @@ pub const EXPECTED: &[(&str, &str, &str, &str)] = &[
     (
         "Invalid alert rule",
         "KV `coord` `alerts.kv-bad`",
-        "warning on `logs.warn.switchyard`",
+        "warning on `logs.warn.alerts`",
         "the warning names the rule",
     ),
     (
