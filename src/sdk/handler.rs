@@ -113,17 +113,10 @@ pub(crate) async fn handle(endpoint: &Endpoint, request: Request) {
                 .respond_with_headers(Ok(answer.payload), answer.headers)
                 .await,
         ),
-        Err(err) => {
-            let headers = error_headers(endpoint, &meta);
-            let micro = MicroError {
-                status: err.header_text(),
-                code: usize::from(err.code()),
-            };
-            (
-                err.code(),
-                request.respond_with_headers(Err(micro), headers).await,
-            )
-        }
+        Err(err) => (
+            err.code(),
+            reply_error(endpoint, &request, &meta, &err).await,
+        ),
     };
     if let Err(err) = sent {
         tracing::warn!(%err, service = %endpoint.service, operation = %endpoint.operation, "cannot send reply");
@@ -155,12 +148,7 @@ pub(crate) async fn shed(endpoint: &Endpoint, request: Request) {
     );
     let meta = Meta::from_headers(request.message.headers.as_ref(), &endpoint.request_type)
         .unwrap_or_else(|_| Meta::unreadable(request.message.headers.as_ref()));
-    let headers = error_headers(endpoint, &meta);
-    let micro = MicroError {
-        status: err.header_text(),
-        code: usize::from(err.code()),
-    };
-    if let Err(send) = request.respond_with_headers(Err(micro), headers).await {
+    if let Err(send) = reply_error(endpoint, &request, &meta, &err).await {
         tracing::warn!(err = %send, service = %endpoint.service, operation = %endpoint.operation, "cannot send reply");
     }
     m::sdk_request(
@@ -169,6 +157,23 @@ pub(crate) async fn shed(endpoint: &Endpoint, request: Request) {
         Some(err.code()),
         started.elapsed(),
     );
+}
+
+/// Answers `request` with `err` as a micro error reply (`Nats-Service-Error`,
+/// `Nats-Service-Error-Code`) carrying the follow-up attributes of `meta`.
+async fn reply_error(
+    endpoint: &Endpoint,
+    request: &Request,
+    meta: &Meta,
+    err: &Error,
+) -> Result<(), async_nats::PublishError> {
+    let micro = MicroError {
+        status: err.header_text(),
+        code: usize::from(err.code()),
+    };
+    request
+        .respond_with_headers(Err(micro), error_headers(endpoint, meta))
+        .await
 }
 
 /// Follow-up headers for an error reply (micro adds the two error headers and an
