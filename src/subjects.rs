@@ -32,6 +32,8 @@ pub const TASKS_GET: &str = "tasks.get.<id>";
 pub const TASKS_CANCEL: &str = "tasks.cancel.<id>";
 /// A task's state changes (progress and the result), core NATS, not stored.
 pub const TASKS_EVENTS: &str = "tasks.events.<id>";
+/// Cancel notices to the workers of a service (the task id), core NATS, not stored.
+pub const TASKS_CANCELED: &str = "tasks.canceled.<service>";
 /// Dead letters, captured by stream `DLQ`.
 pub const DLQ: &str = "dlq.<original subject>";
 /// The server's advisories that a consumer gave up on a message, captured by stream
@@ -214,6 +216,10 @@ pub mod headers {
     pub const REPLAYED_FROM: &str = "Switchyard-Replayed-From";
     /// On task work items and task events: the task id (UUID v7, the key in KV `tasks`).
     pub const TASK_ID: &str = "Switchyard-Task-Id";
+    /// On task work items: the KV `tasks` revision of the state the submit stored, so
+    /// a worker records the outcome by compare-and-set without reading it first; on
+    /// cancel notices, the revision of the `canceled` state.
+    pub const TASK_REVISION: &str = "Switchyard-Task-Revision";
     /// On requests the gateway forwards from HTTP: the name of the caller's API key.
     pub const API_KEY_NAME: &str = "Switchyard-Api-Key-Name";
 
@@ -249,6 +255,7 @@ pub mod headers {
         DLQ_LAST_FAILURE,
         REPLAYED_FROM,
         TASK_ID,
+        TASK_REVISION,
         API_KEY_NAME,
     ];
 }
@@ -269,6 +276,7 @@ pub const ALL_SUBJECTS: &[&str] = &[
     TASKS_GET,
     TASKS_CANCEL,
     TASKS_EVENTS,
+    TASKS_CANCELED,
     DLQ,
     DLQ_ADVISORIES,
     ERRORS,
@@ -381,6 +389,11 @@ pub fn tasks_cancel(id: &str) -> Result<String, Error> {
 /// `tasks.events.<id>`
 pub fn tasks_events(id: &str) -> Result<String, Error> {
     join("tasks.events", &[("task id", id)])
+}
+
+/// `tasks.canceled.<service>`
+pub fn tasks_canceled(service: &str) -> Result<String, Error> {
+    join("tasks.canceled", &[("service", service)])
 }
 
 /// Durable consumer on stream `TASKS` (filter `tasks.work.<service>.>`) shared by every

@@ -458,3 +458,55 @@ async fn slow_past_its_deadline_is_504_and_never_retried_past_the_deadline() {
     assert_eq!(record.subject.as_deref(), Some("api.slow.wait"));
     slow.stop().await;
 }
+
+/// A caller without a `traceparent`: the first attempt goes without one (the service
+/// starts the trace), every retry carries the trace the failed reply came back with, and
+/// the caller's final error reply is in that trace too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_join_the_trace_the_service_started() {
+    let (server, client) = common::provisioned().await;
+    // Its own service name: the metrics of `flaky` are another test's to count.
+    let (failing, calls) = (Arc::new(AtomicBool::new(true)), Arc::default());
+    let traced = wobbly(&client, "traced", failing, calls).await;
+    // Every attempt's `traceparent` as it reached the service, in order.
+    let observer = server.client().await;
+    let mut requests = observer.subscribe("svc.traced.call").await.unwrap();
+    observer.flush().await.unwrap();
+    let traces = Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let seen = traces.clone();
+    tokio::spawn(async move {
+        let _keep = observer;
+        while let Some(request) = requests.next().await {
+            let trace = request
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(h::TRACEPARENT))
+                .map(|v| v.as_str().to_string());
+            seen.lock().unwrap().push(trace);
+        }
+    });
+    let policy = json!({
+        "retry": {"max_attempts": 3, "base_ms": 1, "max_backoff_ms": 2},
+        "budget": {"ratio": 1.0, "min_per_sec": 100, "window_ms": 1000},
+        "breaker": {"enabled": false}
+    });
+    let _gateway = gateway_with(&server, &client, &[("traced", policy)]).await;
+
+    let reply = call_ok(&client, "api.traced.call", &json!({})).await;
+    assert_eq!(code(&reply), 502);
+    let attempts = common::until("three attempts observed", WAIT, || async {
+        let traces = traces.lock().unwrap().clone();
+        (traces.len() >= 3).then_some(traces)
+    })
+    .await;
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert_eq!(
+        attempts[0], None,
+        "the first attempt starts no trace of its own"
+    );
+    let pinned = attempts[1].clone().expect("a retry carries the trace");
+    assert_eq!(attempts[2].as_deref(), Some(pinned.as_str()));
+    let replied = reply.headers.as_ref().and_then(|h| h.get(h::TRACEPARENT));
+    assert_eq!(replied.map(|v| v.as_str()), Some(pinned.as_str()));
+    traced.stop().await;
+}

@@ -568,3 +568,54 @@ async fn a_server_restart_under_load_loses_nothing_acknowledged() {
     drop(state);
     target.assert_in_order();
 }
+
+/// Settling stores confirmations and statuses with every publish sent before the first
+/// ack is awaited (`nats::batch`): each message gets its own sequence, in order, a
+/// repeated `Nats-Msg-Id` (a redelivered record's confirmation) is stored once and
+/// answered with the original's sequence, and a subject no stream takes is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_writes_are_stored_in_order_and_deduplicated() {
+    use switchyard::nats::batch::{self, Message};
+    let (_server, client) = common::provisioned().await;
+    let js = jetstream::new(client.clone());
+    let message = |id: &String| {
+        let mut headers = HeaderMap::new();
+        headers.insert(h::NATS_MSG_ID, id.as_str());
+        Message {
+            subject: "data.confirm.batchtest".into(),
+            headers,
+            payload: id.clone().into_bytes().into(),
+        }
+    };
+    let first: Vec<String> = (0..700).map(|n| format!("m{n}")).collect();
+    let sequences = batch::publish(&js, &first, message).await.unwrap();
+    assert_eq!(sequences.len(), 700);
+    assert!(
+        sequences.windows(2).all(|w| w[1] == w[0] + 1),
+        "one sequence each, in order"
+    );
+    // Again with two repeats among new ids: the repeats are skipped, answered with
+    // the original sequences.
+    let again = vec!["m5".to_string(), "new-1".to_string(), "m699".to_string()];
+    let repeated = batch::publish(&js, &again, message).await.unwrap();
+    assert_eq!(repeated[0], sequences[5]);
+    assert_eq!(repeated[2], sequences[699]);
+    assert!(repeated[1] > sequences[699]);
+    let stream = js.get_stream("DATA").await.unwrap();
+    let stored = stream
+        .get_last_raw_message_by_subject("data.confirm.batchtest")
+        .await
+        .unwrap();
+    assert_eq!(stored.sequence, repeated[1], "the repeats were not stored");
+    let nowhere = |id: &String| Message {
+        subject: format!("nostream.{id}").into(),
+        headers: HeaderMap::new(),
+        payload: Default::default(),
+    };
+    assert!(
+        batch::publish(&js, &["x".to_string()], nowhere)
+            .await
+            .is_err(),
+        "a subject no stream takes is an error"
+    );
+}

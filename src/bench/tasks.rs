@@ -199,12 +199,15 @@ fn thin_result(message: &async_nats::Message) -> Option<Value> {
     serde_json::from_slice(&message.payload).ok()
 }
 
-/// The result of a `completed` task event; other events are progress.
+/// The result of a `completed` task event of the load (it carries `ts`); other events
+/// are progress, and the tasks `wait_routable` submits are not the load's (counted,
+/// one of them made `completed` exceed `submitted` by one).
 fn task_result(message: &async_nats::Message) -> Option<Value> {
     let state = TaskState::from_json(&message.payload).ok()?;
     (state.state == crate::resilience::tasks::state::Phase::Completed)
         .then_some(state.result)
         .flatten()
+        .filter(|result| result.get("ts").is_some())
 }
 
 fn row(path: &'static str, m: Measured) -> TasksRow {

@@ -175,9 +175,14 @@ where
     ));
     ctx.spawn(async move {
         let mut draining = false;
+        // Made once: a new one per message would join (and leave) the token's list of
+        // waiters each time, a lock per message.
+        let stopping = ctx2.shutdown().clone();
+        let stopping = stopping.cancelled();
+        tokio::pin!(stopping);
         loop {
             let message = tokio::select! {
-                _ = ctx2.shutdown().cancelled(), if !draining => {
+                _ = &mut stopping, if !draining => {
                     draining = true;
                     if let Err(err) = subscriber.drain().await {
                         tracing::warn!(%err, %subject, "drain failed");

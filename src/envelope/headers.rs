@@ -23,12 +23,15 @@ pub fn decode_value(value: &str) -> String {
 pub struct TraceParent(String);
 
 impl TraceParent {
-    /// Starts a new trace (sampled), for messages that arrive without one.
+    /// Starts a new trace for messages that arrive without one. Not marked sampled
+    /// (flags `00`): Switchyard records no spans, and nats-server builds a map of every
+    /// header of each message whose `traceparent` is sampled (for its message tracing),
+    /// on every hop.
     pub fn new_root() -> TraceParent {
         let trace = uuid::Uuid::now_v7().simple().to_string();
         // The low 64 bits of a v7 UUID are random: a good parent (span) id.
         let span = uuid::Uuid::now_v7().as_u64_pair().1 | 1;
-        TraceParent(format!("00-{trace}-{span:016x}-01"))
+        TraceParent(format!("00-{trace}-{span:016x}-00"))
     }
 
     /// Parses a header value; anything not in the version-00 format is refused, and

@@ -1,6 +1,7 @@
 //! NATS infrastructure every component stands on: the embedded server, connecting, and
 //! provisioning the streams and buckets named in [`crate::subjects`].
 
+pub mod batch;
 pub mod connect;
 pub mod embedded;
 pub mod provision;

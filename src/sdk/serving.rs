@@ -52,10 +52,13 @@ pub(super) async fn serve_endpoint(
         // Ends when the micro service stops or the instance leaves the group: the
         // unsubscribe closes the stream once the requests already received are taken.
         let mut left = false;
+        // Made once, not per request: each would join the token's waiters (a lock).
+        let (aborted, leaving) = (abort.cancelled(), leave.cancelled());
+        tokio::pin!(aborted, leaving);
         loop {
             let request = tokio::select! {
-                _ = abort.cancelled() => break,
-                _ = leave.cancelled(), if !left => {
+                _ = &mut aborted => break,
+                _ = &mut leaving, if !left => {
                     left = true;
                     if let Err(err) = requests.stop().await {
                         tracing::warn!(%err, "cannot leave the queue group");

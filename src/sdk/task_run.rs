@@ -1,17 +1,21 @@
 //! Running one task a worker pulled, from the first look at its state to settlement.
 //!
-//! 1. Read the state: a task already final (completed by an earlier delivery, failed,
-//!    canceled) is acked and dropped, which is what makes a redelivered task complete
-//!    once; a task whose state is not stored yet (the submit writes it and the work
-//!    item at once) comes back in a moment.
+//! 1. Know the state. On its first delivery a work item carries the revision of the
+//!    `submitted` state its submit stored (`Switchyard-Task-Revision`), and that state
+//!    is rebuilt from the work item alone: no read, unless a cancel of the task may
+//!    have been announced (see [`cancels`]). Anything else (a redelivery, a work item
+//!    without a revision, a task that may be canceled) reads the state: a task already
+//!    final (completed by an earlier delivery, failed, canceled) is acked and dropped,
+//!    which is what makes a redelivered task complete once.
 //! 2. Run the operation's handler on the work item's payload, in its codec. Every tick
 //!    (a third of the ack wait, at most a second) sends an in-progress ack, so a long
 //!    agent step is not redelivered. The first tick records the task `working` with
 //!    compare-and-set; later ones read it. A task found final meanwhile (canceled) has
 //!    its handler dropped. A task done within the first tick never writes `working`:
 //!    one write per task on the fast path, the outcome.
-//! 3. Record the outcome with compare-and-set, then settle the work item. The first
-//!    outcome recorded wins: a worker finding the task already final discards its own.
+//! 3. Record the outcome with compare-and-set from the state known, then settle the
+//!    work item. Only a failed compare-and-set reads the state. The first outcome
+//!    recorded wins: a worker finding the task already final discards its own.
 //!    Failures follow the taxonomy ([`ErrorKind::handling`]): a retried kind is nak'ed
 //!    with a jittered delay until the last delivery; anything else, or the last
 //!    delivery failing, is dead-lettered, recorded `failed` and terminated.
@@ -19,6 +23,7 @@
 //! Every state change is published on `tasks.events.<id>`.
 //!
 //! [`ErrorKind::handling`]: crate::error::ErrorKind::handling
+//! [`cancels`]: crate::resilience::tasks::cancels
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -37,6 +42,7 @@ use crate::observability::metrics as m;
 use crate::resilience::deadletter::{self, DeadLetter, Failure};
 use crate::resilience::errorlog::{ErrorLog, Where};
 use crate::resilience::tasks::NAME;
+use crate::resilience::tasks::cancels::CancelNotices;
 use crate::resilience::tasks::state::{Phase, TaskState, TaskStore, Transition, error_detail};
 use crate::subjects::{STREAM_TASKS, headers as h};
 
@@ -55,6 +61,8 @@ const STATE_PENDING: Duration = Duration::from_millis(100);
 /// What every task run of one service instance shares.
 pub(crate) struct Worker {
     pub store: TaskStore,
+    /// Cancels heard of: a task that may have been canceled is read before it runs.
+    pub cancels: CancelNotices,
     pub js: JetStream,
     pub errors: ErrorLog,
     pub consumer_name: String,
@@ -78,13 +86,16 @@ enum Ran {
 /// Runs one work item to its settlement. Never panics, never leaves it unsettled
 /// except by dying.
 pub(crate) async fn run(worker: &Worker, message: Message, abort: &CancellationToken) {
-    let headers = message.headers.clone().unwrap_or_default();
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let no_headers = HeaderMap::new();
+    let headers = message.headers.as_ref().unwrap_or(&no_headers);
+    let (delivered, seq) = message
+        .info()
+        .map(|i| (i.delivered, i.stream_sequence))
+        .unwrap_or((1, 0));
     let Some(id) = headers.get(h::TASK_ID).map(|v| v.as_str().to_string()) else {
         // Not published by the submitter: nothing to record it against.
         let err = Error::invalid_input("work item without Switchyard-Task-Id");
-        let stored = give_up(worker, &message, &headers, delivered, seq, &err).await;
+        let stored = give_up(worker, &message, headers, delivered, seq, &err).await;
         let settled = match stored {
             true => AckKind::Term,
             false => AckKind::Nak(Some(STORE_RETRY)),
@@ -92,39 +103,24 @@ pub(crate) async fn run(worker: &Worker, message: Message, abort: &CancellationT
         settle(&message, settled).await;
         return;
     };
-    // One read, no write: a task that completes within the first tick goes from
-    // `submitted` straight to its outcome (see `run_handler`).
-    let mut known = match worker.store.get(&id).await {
-        Ok(Some((state, _))) if state.state.is_final() => {
-            tracing::debug!(task = %id, state = state.state.as_str(), "task already final; dropped");
-            settle(&message, AckKind::Ack).await;
-            return;
-        }
-        Ok(Some(found)) => found,
-        // The submit stores the state and the work item at once: the state may still
-        // be on its way. On the last delivery the submit surely failed: drop it.
-        Ok(None) if delivered < worker.settings.max_deliver => {
-            settle(&message, AckKind::Nak(Some(STATE_PENDING))).await;
-            return;
-        }
-        Ok(None) => {
-            tracing::warn!(task = %id, "work item of an unknown task; dropped");
-            settle(&message, AckKind::Ack).await;
-            return;
-        }
-        Err(err) => {
-            report(worker, &working_where(&message, &headers), &err);
-            settle(&message, AckKind::Nak(Some(STORE_RETRY))).await;
-            return;
-        }
+    let mut known = match as_submitted(worker, &message, headers, &id, delivered) {
+        // No read: the outcome is written by compare-and-set from the submit's
+        // revision, and only a failed one reads (see `Attempt::record`).
+        Some(known) => known,
+        None => match claim(worker, &message, headers, &id, delivered).await {
+            Some(known) => known,
+            None => return,
+        },
     };
+    let operation = known.0.operation.clone();
+    let meta = Meta::from_headers(Some(headers), "io.switchyard.task");
     let attempt = Attempt {
         worker,
         id: id.clone(),
         delivered,
+        // The task's events follow up on its work item: same conversation and trace.
+        cause: meta.as_ref().ok().cloned(),
     };
-    let operation = known.0.operation.clone();
-    let meta = Meta::from_headers(Some(&headers), "io.switchyard.task");
 
     let started = Instant::now();
     let ran = match (meta, worker.handlers.get(&operation)) {
@@ -143,11 +139,78 @@ pub(crate) async fn run(worker: &Worker, message: Message, abort: &CancellationT
     match ran {
         Ran::Finished(Ok(answer)) => match result_json(worker, &answer) {
             Ok(result) => complete(&attempt, &message, known, result).await,
-            Err(err) => fail(&attempt, &message, &headers, known, seq, err).await,
+            Err(err) => fail(&attempt, &message, headers, known, seq, err).await,
         },
-        Ran::Finished(Err(err)) => fail(&attempt, &message, &headers, known, seq, err).await,
+        Ran::Finished(Err(err)) => fail(&attempt, &message, headers, known, seq, err).await,
         Ran::Canceled => settle(&message, AckKind::Ack).await,
         Ran::Aborted => settle(&message, AckKind::Nak(None)).await,
+    }
+}
+
+/// The state the submit stored, rebuilt from the work item alone, on its first
+/// delivery when it carries the state's revision. A redelivery reads instead: an
+/// earlier delivery may have completed it, and it must not run again.
+fn as_submitted(
+    worker: &Worker,
+    message: &Message,
+    headers: &HeaderMap,
+    id: &str,
+    delivered: i64,
+) -> Option<(TaskState, u64)> {
+    if delivered != 1 {
+        return None;
+    }
+    let revision = headers.get(h::TASK_REVISION)?.as_str().parse().ok()?;
+    if !worker.cancels.unheard(id, revision) {
+        return None;
+    }
+    let operation = message
+        .subject
+        .as_str()
+        .strip_prefix("tasks.work.")?
+        .strip_prefix(worker.service.as_str())?
+        .strip_prefix('.')
+        .filter(|op| !op.contains('.'))?;
+    TaskState::as_submitted(id, &worker.service, operation).map(|state| (state, revision))
+}
+
+/// Reads the state before running: a task already final (completed by an earlier
+/// delivery, failed, canceled) is acked and dropped, which is what makes a redelivered
+/// task complete once. `None` when the work item was settled here.
+async fn claim(
+    worker: &Worker,
+    message: &Message,
+    headers: &HeaderMap,
+    id: &str,
+    delivered: i64,
+) -> Option<(TaskState, u64)> {
+    match worker.store.get(id).await {
+        Ok(Some((state, _))) if state.state.is_final() => {
+            tracing::debug!(task = %id, state = state.state.as_str(), "task already final; dropped");
+            settle(message, AckKind::Ack).await;
+            None
+        }
+        Ok(Some(found)) => Some(found),
+        // The submit stores the state before the work item: none means the submit
+        // failed after all (or an older submitter wrote both at once and the state is
+        // still on its way: it gets a few deliveries).
+        Ok(None)
+            if delivered < worker.settings.max_deliver
+                && headers.get(h::TASK_REVISION).is_none() =>
+        {
+            settle(message, AckKind::Nak(Some(STATE_PENDING))).await;
+            None
+        }
+        Ok(None) => {
+            tracing::warn!(task = %id, "work item of an unknown task; dropped");
+            settle(message, AckKind::Ack).await;
+            None
+        }
+        Err(err) => {
+            report(worker, &working_where(message, headers), &err);
+            settle(message, AckKind::Nak(Some(STORE_RETRY))).await;
+            None
+        }
     }
 }
 
@@ -156,9 +219,20 @@ struct Attempt<'a> {
     worker: &'a Worker,
     id: String,
     delivered: i64,
+    /// The work item's attributes, which the task's events follow up on.
+    cause: Option<Meta>,
 }
 
 impl Attempt<'_> {
+    /// Publishes a state this attempt recorded on `tasks.events.<id>`.
+    async fn publish(&self, state: &TaskState, json: bytes::Bytes) {
+        let worker = self.worker;
+        worker
+            .store
+            .publish_event(self.cause.as_ref(), &worker.source, state, json)
+            .await;
+    }
+
     /// `state` moved to `phase` by this attempt.
     fn next(&self, state: &TaskState, phase: Phase) -> TaskState {
         TaskState {
@@ -195,18 +269,18 @@ async fn run_handler(
     abort: &CancellationToken,
 ) -> Ran {
     let (worker, id) = (attempt.worker, attempt.id.as_str());
+    let mut call = AssertUnwindSafe(call).catch_unwind();
+    // A handler that answers at once needs no timer: one less per task on the fast
+    // path (a timer is a lock on the runtime's timer wheel, set and then cancelled).
+    if let Some(outcome) = (&mut call).now_or_never() {
+        return finished(id, outcome);
+    }
     let tick = (worker.settings.ack_wait / 3).min(MAX_TICK);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-    let mut call = AssertUnwindSafe(call).catch_unwind();
     let mut recorded_working = false;
     loop {
         tokio::select! {
-            outcome = &mut call => {
-                return Ran::Finished(outcome.unwrap_or_else(|_| {
-                    tracing::error!(task = %id, "task handler panicked");
-                    Err(Error::internal("the handler panicked"))
-                }));
-            }
+            outcome = &mut call => return finished(id, outcome),
             _ = abort.cancelled() => return Ran::Aborted,
             _ = ticks.tick() => {
                 if let Err(err) = message.ack_with(AckKind::Progress).await {
@@ -219,9 +293,9 @@ async fn run_handler(
                     }
                 } else {
                     match attempt.record(known.clone(), |s| attempt.next(s, Phase::Working)).await {
-                        Ok(Transition::Applied(state, revision)) => {
+                        Ok(Transition::Applied(state, revision, json)) => {
                             recorded_working = true;
-                            worker.store.publish_event(None, &worker.source, &state).await;
+                            attempt.publish(&state, json).await;
                             *known = (state, revision);
                             None
                         }
@@ -241,6 +315,13 @@ async fn run_handler(
     }
 }
 
+fn finished(id: &str, outcome: std::thread::Result<Result<Vec<u8>, Error>>) -> Ran {
+    Ran::Finished(outcome.unwrap_or_else(|_| {
+        tracing::error!(task = %id, "task handler panicked");
+        Err(Error::internal("the handler panicked"))
+    }))
+}
+
 /// Records the answer unless an outcome is already recorded, then acks.
 async fn complete(
     attempt: &Attempt<'_>,
@@ -255,7 +336,7 @@ async fn complete(
             ..attempt.next(state, Phase::Completed)
         })
         .await;
-    finish(attempt.worker, message, recorded, AckKind::Ack).await;
+    finish(attempt, message, recorded, AckKind::Ack).await;
 }
 
 /// The handler's answer as the JSON the state keeps (it is in the caller's codec). An
@@ -304,11 +385,8 @@ async fn fail(
     if retried && attempt.delivered < worker.settings.max_deliver {
         // Still working as far as callers are concerned, with the reason on record.
         let noted = attempt.record(known, with_error(Phase::Working)).await;
-        if let Ok(Transition::Applied(state, _)) = &noted {
-            worker
-                .store
-                .publish_event(None, &worker.source, state)
-                .await;
+        if let Ok(Transition::Applied(state, _, json)) = noted {
+            attempt.publish(&state, json).await;
         }
         settle(message, AckKind::Nak(Some(retry_delay(attempt.delivered)))).await;
         return;
@@ -319,31 +397,34 @@ async fn fail(
         return;
     }
     let recorded = attempt.record(known, with_error(Phase::Failed)).await;
-    finish(worker, message, recorded, AckKind::Term).await;
+    finish(attempt, message, recorded, AckKind::Term).await;
 }
 
 /// Publishes the recorded outcome and settles with `done`; an outcome recorded first
 /// by someone else (a cancel, another delivery) is left alone and the item acked.
 async fn finish(
-    worker: &Worker,
+    attempt: &Attempt<'_>,
     message: &Message,
     recorded: Result<Transition, Error>,
     done: AckKind,
 ) {
     match recorded {
-        Ok(Transition::Applied(state, _)) => {
-            worker
-                .store
-                .publish_event(None, &worker.source, &state)
-                .await;
+        Ok(Transition::Applied(state, _, json)) => {
+            attempt.publish(&state, json).await;
             settle(message, done).await;
         }
         Ok(Transition::Declined(state)) => {
             tracing::debug!(task = %state.id, state = state.state.as_str(), "outcome already recorded; ours discarded");
             settle(message, AckKind::Ack).await;
         }
+        // The state is gone: its submit failed after storing the work item (and
+        // deleted the state), or it expired. Nothing to record it against.
+        Err(err) if err.kind() == ErrorKind::NotFound => {
+            tracing::warn!(%err, subject = %message.subject, "work item of an unknown task; dropped");
+            settle(message, AckKind::Ack).await;
+        }
         Err(err) => {
-            report(worker, &Where::default(), &err);
+            report(attempt.worker, &Where::default(), &err);
             settle(message, AckKind::Nak(Some(STORE_RETRY))).await;
         }
     }
@@ -358,10 +439,21 @@ async fn give_up(
     seq: u64,
     err: &Error,
 ) -> bool {
+    // Without the revision: a replayed copy reads the state before it runs.
+    let mut copy = HeaderMap::new();
+    for (name, values) in headers.iter() {
+        let text: &str = name.as_ref();
+        if !text.eq_ignore_ascii_case(h::TASK_REVISION) {
+            for value in values {
+                copy.append(name.clone(), value.clone());
+            }
+        }
+    }
+    let headers = copy;
     let letter = DeadLetter {
         component: NAME,
         subject: message.subject.as_str(),
-        headers,
+        headers: &headers,
         payload: message.payload.clone(),
         error: err,
         deliveries: delivered,

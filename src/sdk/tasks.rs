@@ -23,6 +23,7 @@ use super::handler::BoxHandler;
 use super::task_run::{self, Worker};
 use crate::error::Error;
 use crate::resilience::errorlog::ErrorLog;
+use crate::resilience::tasks::cancels::CancelNotices;
 use crate::resilience::tasks::state::TaskStore;
 use crate::subjects::{STREAM_TASKS, tasks_consumer};
 
@@ -83,8 +84,11 @@ pub(crate) async fn start(
         abort,
     } = lifetime;
     let consumer = ensure_consumer(client, service, &settings).await?;
+    let store = TaskStore::open(client).await?;
+    let cancels = CancelNotices::listen(&store, service, tracker, stop.clone()).await?;
     let worker = Arc::new(Worker {
-        store: TaskStore::open(client).await?,
+        store,
+        cancels,
         js: async_nats::jetstream::new(client.clone()),
         errors: ErrorLog::start(client),
         consumer_name: tasks_consumer(service)?,

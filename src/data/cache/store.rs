@@ -25,7 +25,7 @@ use super::namespace::{Cached, Namespace};
 use super::rules::{CacheConfig, NamespaceRule, RulePatch};
 use crate::envelope::{Outgoing, check_size};
 use crate::error::Error;
-use crate::nats::watch;
+use crate::nats::{batch, watch};
 use crate::observability::metrics::CacheMetrics;
 use crate::subjects::{BUCKET_CACHE, BUCKET_POLICIES, POLICY_CACHE_PREFIX, validate_token};
 
@@ -55,6 +55,9 @@ struct Inner {
     policies: RwLock<HashMap<String, RulePatch>>,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     freshness: Freshness,
+    /// Follows the bucket and keeps values in memory; a writer ([`Cache::start_writer`])
+    /// does neither.
+    follows: bool,
 }
 
 impl Cache {
@@ -64,6 +67,28 @@ impl Cache {
         client: &Client,
         config: CacheConfig,
         stop: CancellationToken,
+    ) -> Result<Cache, Error> {
+        Cache::open(client, config, stop, true).await
+    }
+
+    /// A cache for writers that never read their values back (data sync's statuses):
+    /// no memory and no invalidation watch, so every other instance's writes are not
+    /// delivered to it for nothing (one message per write of the whole bucket). Its
+    /// reads go to KV; its writes are the same as [`Cache::start`]'s, namespace TTLs
+    /// included.
+    pub async fn start_writer(
+        client: &Client,
+        config: CacheConfig,
+        stop: CancellationToken,
+    ) -> Result<Cache, Error> {
+        Cache::open(client, config, stop, false).await
+    }
+
+    async fn open(
+        client: &Client,
+        config: CacheConfig,
+        stop: CancellationToken,
+        follows: bool,
     ) -> Result<Cache, Error> {
         let js = async_nats::jetstream::new(client.clone());
         let kv = js
@@ -83,9 +108,12 @@ impl Cache {
                 policies: RwLock::default(),
                 namespaces: RwLock::default(),
                 freshness: Freshness::new(),
+                follows,
             }),
         };
-        super::invalidation::start(cache.clone(), client.clone(), stop.clone()).await?;
+        if follows {
+            super::invalidation::start(cache.clone(), client.clone(), stop.clone()).await?;
+        }
         let last_revision = watch::load(&policies_kv, |entry| cache.apply_policy(&entry)).await?;
         let follower = cache.clone();
         tokio::spawn(watch::follow(
@@ -95,7 +123,9 @@ impl Cache {
             stop.clone(),
             move |entry| follower.apply_policy(&entry),
         ));
-        tokio::spawn(cache.clone().report_sizes(stop));
+        if follows {
+            tokio::spawn(cache.clone().report_sizes(stop));
+        }
         Ok(cache)
     }
 
@@ -181,6 +211,51 @@ impl Cache {
         let revision = self.publish(namespace, key, ttl.as_deref(), value).await?;
         self.changed(namespace, key, revision).await;
         Ok(revision)
+    }
+
+    /// Writes many values of one namespace as [`Cache::write`] does, every write sent
+    /// before the first ack is awaited ([`crate::nats::batch`]). Entries that can never be
+    /// stored (an invalid key, too large) are left out and returned with the reason, by
+    /// index; Err: the others could not be stored (all, or some: retry them all).
+    pub async fn write_many(
+        &self,
+        namespace: &str,
+        entries: &[(String, Bytes)],
+    ) -> Result<Vec<(usize, Error)>, Error> {
+        let ttl = match self.existing(namespace) {
+            Some(ns) => ns.kv_ttl.clone(),
+            None => self.rule(namespace).kv_ttl(),
+        };
+        let message = |(key, value): &(String, Bytes)| {
+            let mut headers = HeaderMap::new();
+            if let Some(ttl) = &ttl {
+                headers.insert(NATS_TTL, ttl.as_str());
+            }
+            batch::Message {
+                subject: kv_subject(namespace, key).into(),
+                headers,
+                payload: value.clone(),
+            }
+        };
+        let mut refused = Vec::new();
+        let mut valid = Vec::with_capacity(entries.len());
+        for (n, entry) in entries.iter().enumerate() {
+            let checked = validate(namespace, &entry.0).and_then(|()| {
+                let batch::Message {
+                    headers, payload, ..
+                } = message(entry);
+                check_size(&self.inner.client, &Outgoing { headers, payload })
+            });
+            match checked {
+                Ok(()) => valid.push(entry),
+                Err(err) => refused.push((n, err)),
+            }
+        }
+        let revisions = batch::publish(&self.inner.js, &valid, |entry| message(entry)).await?;
+        for ((key, _), revision) in valid.iter().zip(revisions) {
+            self.changed(namespace, key, revision).await;
+        }
+        Ok(refused)
     }
 
     /// One KV write with the entry's TTL (`Nats-TTL`), awaiting the stream's ack;
@@ -288,6 +363,10 @@ impl Cache {
         revision: u64,
         since: u64,
     ) {
+        if !self.inner.follows {
+            // Nothing would evict it when another instance changes the key.
+            return;
+        }
         ns.entries
             .insert(key.to_string(), Cached { value, revision })
             .await;

@@ -7,42 +7,35 @@
 //! `Nats-Service-Error-Code` is the target's acknowledgement.
 //!
 //! Settling happens after the target answered, without holding up the key (its next
-//! record may go out meanwhile): the confirmation to `data.confirm.<source>` and the status in
-//! the cache are stored, then the record is acked. A crash in between redelivers the
-//! record; the target sees the same delivery id, and the confirmation's `Nats-Msg-Id`
-//! lets the stream store it once.
+//! record may go out meanwhile): delivered records in batches ([`super::settle`]), and
+//! here a record given up on (dead letter, then its confirmation and status).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderName;
 use async_nats::jetstream::{AckKind, Context as JetStream, Message};
-use bytes::Bytes;
 
 use super::policy::SyncPolicy;
-use super::status::{self, StatusView};
+use super::settle;
 pub use super::status::{Status, status_key, write_status};
 use crate::data::cache::Cache;
 use crate::data::flow::Delivery;
 use crate::data::record::Record;
-use crate::envelope::{ContentType, Meta, error_from_reply};
+use crate::envelope::error_from_reply;
 use crate::error::Error;
 use crate::observability::metrics::SyncMetrics;
 use crate::resilience::deadletter::{self, DeadLetter, Failure};
 use crate::resilience::errorlog::{ErrorLog, Where};
-use crate::subjects::{self, headers as h};
+use crate::subjects::headers as h;
 
 /// The cache namespace of delivery statuses: key `<target>.<record id>`.
 pub use crate::data::cache::STATUS_NAMESPACE;
-const SOURCE: &str = "urn:switchyard:sync";
-const RECORD_TYPE: &str = "io.switchyard.data.record";
-const CONFIRMED_TYPE: &str = "io.switchyard.data.confirmed";
 // Header names built once: inserting by `&str` parses and allocates the name each time.
 const DELIVERY_ID: HeaderName = HeaderName::from_static(h::DELIVERY_ID);
 const RECORD_KEY: HeaderName = HeaderName::from_static(h::RECORD_KEY);
 const TARGET: HeaderName = HeaderName::from_static(h::TARGET);
 const TIMEOUT_MS: HeaderName = HeaderName::from_static(h::TIMEOUT_MS);
-const NATS_MSG_ID: HeaderName = HeaderName::from_static(h::NATS_MSG_ID);
 
 /// What sync needs to deliver and settle; shared by the deliveries of every worker.
 pub struct Deps {
@@ -131,84 +124,6 @@ pub fn delivery_headers(
     headers
 }
 
-/// Stores the confirmation for the source, in the record's codec, once per record and
-/// target (`Nats-Msg-Id`). `json` is the status already encoded as JSON, reused as the
-/// payload when the record's codec is JSON.
-async fn confirm(
-    deps: &Deps,
-    record: &Record,
-    status: &StatusView<'_>,
-    json: &Bytes,
-) -> Result<(), Error> {
-    let meta =
-        Meta::from_headers(Some(&record.headers), RECORD_TYPE)?.follow_up(SOURCE, CONFIRMED_TYPE);
-    let payload = match meta.content_type {
-        ContentType::Json => json.clone(),
-        codec => Bytes::from(codec.encode(status)?),
-    };
-    let mut headers = meta.to_headers();
-    headers.insert(TARGET, status.target);
-    headers.insert(
-        NATS_MSG_ID,
-        format!(
-            "confirm:{}:{}:{}:{}",
-            status.status,
-            status.target,
-            subjects::STREAM_DATA.name,
-            record.seq
-        ),
-    );
-    let subject = subjects::data_confirm(&record.source)?;
-    deps.js
-        .publish_with_headers(subject, headers, payload)
-        .await
-        .map_err(|e| Error::nats("publish confirmation", e))?
-        .await
-        .map_err(|e| Error::nats("store confirmation", e))?;
-    Ok(())
-}
-
-/// Confirms and stores the status at once; the confirmation's result.
-async fn confirm_and_store(
-    deps: &Deps,
-    record: &Record,
-    status: &StatusView<'_>,
-) -> Result<(), Error> {
-    let json = status.to_json()?;
-    let (confirmed, ()) = tokio::join!(
-        confirm(deps, record, status, &json),
-        status::store(deps, status.target, status.record_id, json.clone())
-    );
-    confirmed
-}
-
-/// After the target answered: confirm, store the status, then ack. A confirmation that
-/// cannot be stored leaves the record unacked, so it comes back (the target sees the
-/// same delivery id) rather than going unconfirmed.
-pub async fn settle_delivered(
-    deps: Arc<Deps>,
-    message: Message,
-    record: Record,
-    delivery: Delivery,
-    metrics: Arc<SyncMetrics>,
-) {
-    let status = StatusView::new(&record, &delivery, "confirmed", None);
-    match confirm_and_store(&deps, &record, &status).await {
-        Ok(()) => {
-            metrics.delivered.increment(1);
-            if let Err(err) = message.ack().await {
-                tracing::warn!(%err, "cannot ack a delivered record; it will be redelivered");
-            }
-        }
-        Err(err) => {
-            tracing::warn!(%err, "cannot confirm a delivered record; redelivering it");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
-        }
-    }
-}
-
 /// A record given up on: dead-letter it (retrying until stored, since JetStream will
 /// not redeliver a record that used its last delivery), mark it failed, tell the
 /// source, then terminate it.
@@ -242,8 +157,12 @@ pub async fn settle_failed(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
-    let status = StatusView::new(&record, &delivery, "failed", Some(&error));
-    if let Err(err) = confirm_and_store(&deps, &record, &status).await {
+    let updated = crate::integration::registry::registrar::now();
+    let told = match settle::prepare(&record, &delivery, "failed", Some(&error), &updated) {
+        Ok((confirmation, status)) => settle::store(&deps, &[confirmation], &[status]).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = told {
         tracing::warn!(%err, "cannot tell the source a record failed; it is in the DLQ");
     }
     metrics.dead_lettered.increment(1);

@@ -7,6 +7,9 @@
 //! record until that redelivery arrives and is settled; held records get in-progress
 //! acks so the server does not redeliver them meanwhile. Other keys keep flowing.
 //!
+//! Delivered records are settled in batches ([`settle`]): one write in flight at a
+//! time, taking every record delivered since the previous one started.
+//!
 //! Everything runs inside the worker's task: deliveries and settles are futures it
 //! polls, so a record costs no task spawn and no channel hop, and one wake-up of the
 //! worker handles whatever finished meanwhile.
@@ -23,8 +26,10 @@ use tokio::time::Instant;
 use super::deliver::{self, Deps, Outcome, Status};
 use super::keys::Schedule;
 use super::policy::SyncPolicy;
+use super::settle;
 use crate::data::flow::{Delivery, Target};
 use crate::data::record::Record;
+use crate::error::Error;
 use crate::observability::metrics::SyncMetrics;
 
 /// How often held records get an in-progress ack (far below any ack wait).
@@ -42,6 +47,8 @@ pub struct Item {
 pub enum Event {
     Delivered(Box<Item>, Outcome),
     Settled,
+    /// The write of a batch of delivered records finished (and they were acked).
+    Written,
 }
 
 /// The records of one target's worker, and its deliveries and settles in flight.
@@ -52,6 +59,10 @@ pub struct Deliveries {
     metrics: Arc<SyncMetrics>,
     schedule: Schedule<Box<Item>>,
     tasks: FuturesUnordered<BoxFuture<'static, Event>>,
+    /// Delivered records waiting for the next write.
+    delivered: Vec<Item>,
+    /// A write of delivered records is in flight.
+    writing: bool,
 }
 
 impl Deliveries {
@@ -68,6 +79,8 @@ impl Deliveries {
             metrics,
             schedule: Schedule::default(),
             tasks: FuturesUnordered::new(),
+            delivered: Vec::new(),
+            writing: false,
         }
     }
 
@@ -108,51 +121,65 @@ impl Deliveries {
 
     /// Handles a finished delivery or settle, and starts what can start.
     pub fn handle(&mut self, event: Event) {
-        let Event::Delivered(item, outcome) = event else {
-            return;
-        };
+        match event {
+            Event::Delivered(item, Outcome::Delivered) => {
+                self.schedule.finished(&item.delivery.key, None);
+                self.delivered.push(*item);
+                self.write();
+            }
+            Event::Delivered(item, Outcome::GiveUp(err)) => {
+                self.schedule.finished(&item.delivery.key, None);
+                let (deps, metrics) = (self.deps.clone(), self.metrics.clone());
+                let Item {
+                    message,
+                    record,
+                    delivery,
+                } = *item;
+                self.tasks.push(
+                    deliver::settle_failed(deps, message, record, delivery, err, metrics)
+                        .map(|()| Event::Settled)
+                        .boxed(),
+                );
+            }
+            Event::Delivered(item, Outcome::Retry(err)) => self.retry(*item, err),
+            Event::Written => {
+                self.writing = false;
+                self.write();
+            }
+            Event::Settled => {}
+        }
+        self.start();
+    }
+
+    /// A delivery to retry: its key waits for the redelivery, the status says pending,
+    /// and the record is nak'ed with the policy's delay.
+    fn retry(&mut self, item: Item, err: Error) {
         let Item {
             message,
             record,
             delivery,
-        } = *item;
-        let (deps, metrics) = (self.deps.clone(), self.metrics.clone());
-        let settle = match outcome {
-            Outcome::Delivered => {
-                self.schedule.finished(&delivery.key, None);
-                deliver::settle_delivered(deps, message, record, delivery, metrics)
-                    .map(|()| Event::Settled)
-                    .boxed()
+        } = item;
+        self.metrics.retried.increment(1);
+        let delay = self.policy.retry_delay(record.delivered);
+        tracing::debug!(%err, seq = record.seq, ?delay, "delivery failed; redelivering later");
+        // Wait for the redelivery: its delay, plus an ack wait in case it is slow to come
+        // back; past that, stop holding the key (the server has the record and will
+        // deliver it again).
+        let until = Instant::now() + delay + self.policy.ack_wait;
+        self.schedule
+            .finished(&delivery.key, Some((record.seq, until)));
+        let status = Status::new(&record, &delivery, "pending", Some(&err));
+        let deps = self.deps.clone();
+        self.tasks.push(
+            async move {
+                // The status first: written after the nak, it could land after the
+                // redelivery's own `confirmed` and overwrite it.
+                deliver::write_status(&deps, &status).await;
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                Event::Settled
             }
-            Outcome::GiveUp(err) => {
-                self.schedule.finished(&delivery.key, None);
-                deliver::settle_failed(deps, message, record, delivery, err, metrics)
-                    .map(|()| Event::Settled)
-                    .boxed()
-            }
-            Outcome::Retry(err) => {
-                metrics.retried.increment(1);
-                let delay = self.policy.retry_delay(record.delivered);
-                tracing::debug!(%err, seq = record.seq, ?delay, "delivery failed; redelivering later");
-                // Wait for the redelivery: its delay, plus an ack wait in case it is slow
-                // to come back; past that, stop holding the key (the server has the
-                // record and will deliver it again).
-                let until = Instant::now() + delay + self.policy.ack_wait;
-                self.schedule
-                    .finished(&delivery.key, Some((record.seq, until)));
-                let status = Status::new(&record, &delivery, "pending", Some(&err));
-                async move {
-                    // The status first: written after the nak, it could land after the
-                    // redelivery's own `confirmed` and overwrite it.
-                    deliver::write_status(&deps, &status).await;
-                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                    Event::Settled
-                }
-                .boxed()
-            }
-        };
-        self.tasks.push(settle);
-        self.start();
+            .boxed(),
+        );
     }
 
     /// In-progress acks for held records, and giving up the waits whose redelivery
@@ -180,6 +207,23 @@ impl Deliveries {
         while let Some(event) = self.tasks.next().await {
             self.handle(event);
         }
+    }
+
+    /// Starts a write of the delivered records, unless one is in flight (its end starts
+    /// the next).
+    fn write(&mut self) {
+        if self.writing || self.delivered.is_empty() {
+            return;
+        }
+        let take = self.delivered.len().min(crate::nats::batch::MAX_MESSAGES);
+        let batch: Vec<Item> = self.delivered.drain(..take).collect();
+        self.writing = true;
+        let (deps, metrics) = (self.deps.clone(), self.metrics.clone());
+        self.tasks.push(
+            settle::delivered(deps, batch, metrics)
+                .map(|()| Event::Written)
+                .boxed(),
+        );
     }
 
     /// Starts deliveries while slots are free and keys can run.

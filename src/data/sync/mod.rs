@@ -10,10 +10,11 @@
 //! - [`deliveries`] and [`keys`]: order per key: one record at a time per key, up to
 //!   `max_in_flight` keys at once, holding a key's later records while a failed one
 //!   waits for its redelivery.
-//! - [`deliver`]: one delivery (request to the target with a delivery id), then the
-//!   confirmation on `data.confirm.<source>`, the status ([`status`]) in the cache
-//!   (`status` namespace, KV `cache`) and the ack; or the dead letter when deliveries
-//!   run out.
+//! - [`deliver`]: one delivery (request to the target with a delivery id); the dead
+//!   letter when deliveries run out.
+//! - [`settle`]: then the confirmation on `data.confirm.<source>`, the status
+//!   ([`status`]) in the cache (`status` namespace, KV `cache`) and the ack, for every
+//!   record delivered meanwhile at once.
 //! - [`recovery`]: after a crash, the records the dead owner held come back before
 //!   newer ones are delivered, so order per key survives a takeover.
 //! - [`policy`]: ack wait, max deliveries, backoff, timeout and keys in flight per
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod members;
 pub mod policy;
 pub mod recovery;
+pub mod settle;
 pub mod status;
 pub mod worker;
 
@@ -85,7 +87,8 @@ impl Component for SyncComponent {
             let cache_config = self.cache.lock().map(|c| c.clone()).unwrap_or_default();
             let rules = Rules::start(&ctx.client, stop.clone()).await?;
             let policies = SyncPolicies::start(&ctx.client, stop.clone()).await?;
-            let cache = Cache::start(&ctx.client, cache_config, stop.clone()).await?;
+            // Sync only writes statuses: no memory, no watch of every write to the bucket.
+            let cache = Cache::start_writer(&ctx.client, cache_config, stop.clone()).await?;
             // Membership has its own token: the instance leaves only after its workers
             // have stopped, so nobody takes a target it is still delivering.
             let members_stop = CancellationToken::new();

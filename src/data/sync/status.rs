@@ -37,7 +37,8 @@ impl Status {
         status: &str,
         error: Option<&Error>,
     ) -> Status {
-        let view = StatusView::new(record, delivery, status, error);
+        let updated = crate::integration::registry::registrar::now();
+        let view = StatusView::new(record, delivery, status, error, &updated);
         Status {
             record_id: view.record_id.to_string(),
             target: view.target.to_string(),
@@ -47,14 +48,15 @@ impl Status {
             key: view.key.to_string(),
             status: view.status.to_string(),
             deliveries: view.deliveries,
-            updated: view.updated,
+            updated: view.updated.to_string(),
             error: view.error,
         }
     }
 }
 
 /// A [`Status`] borrowing from its record, serialized the same way: what settling
-/// writes, without copying the record's strings.
+/// writes, without copying the record's strings (nor reading the clock per record: a
+/// batch shares its time).
 #[derive(Serialize)]
 pub(super) struct StatusView<'a> {
     pub record_id: &'a str,
@@ -65,7 +67,7 @@ pub(super) struct StatusView<'a> {
     pub key: &'a str,
     pub status: &'a str,
     pub deliveries: i64,
-    pub updated: String,
+    pub updated: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -76,6 +78,7 @@ impl<'a> StatusView<'a> {
         delivery: &'a Delivery,
         status: &'a str,
         error: Option<&Error>,
+        updated: &'a str,
     ) -> StatusView<'a> {
         StatusView {
             record_id: &record.id,
@@ -86,7 +89,7 @@ impl<'a> StatusView<'a> {
             key: &delivery.key,
             status,
             deliveries: record.delivered,
-            updated: crate::integration::registry::registrar::now(),
+            updated,
             error: error.map(ToString::to_string),
         }
     }
@@ -162,10 +165,10 @@ mod tests {
             key: "k".into(),
         };
         for error in [None, Some(Error::unavailable("down"))] {
-            let mut view = StatusView::new(&record, &delivery, "failed", error.as_ref());
-            view.updated = "2026-01-01T00:00:00Z".into();
+            let updated = "2026-01-01T00:00:00Z";
+            let view = StatusView::new(&record, &delivery, "failed", error.as_ref(), updated);
             let mut status = Status::new(&record, &delivery, "failed", error.as_ref());
-            status.updated = view.updated.clone();
+            status.updated = updated.to_string();
             assert_eq!(
                 view.to_json().unwrap(),
                 Bytes::from(serde_json::to_vec(&status).unwrap())

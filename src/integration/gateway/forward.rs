@@ -12,7 +12,7 @@
 //! callers' deadlines would pass there (timeouts, memory); an immediate 429 tells the
 //! caller to back off while the requests in flight still get their answers.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -272,11 +272,9 @@ impl Forwarder {
                 &headers,
             ));
         }
-        let valid_trace = headers
+        let traced = headers
             .get(TRACEPARENT)
             .is_some_and(|v| TraceParent::parse(v.as_str()).is_some());
-        // A new trace (W3C) that the service joins, the same for every attempt.
-        let trace = (!valid_trace).then(TraceParent::new_root);
         // The payload is a view into the connection's read buffer; kept for the whole
         // call (retries, fallbacks), it would pin that buffer and make the client
         // allocate a new one as it reads on. A copy of our own is cheaper.
@@ -291,7 +289,8 @@ impl Forwarder {
             serves,
             headers: &headers,
             payload: &payload,
-            trace: trace.as_ref(),
+            traced,
+            trace: OnceLock::new(),
             started,
             timeout,
             deadline: started + timeout,
@@ -303,9 +302,14 @@ impl Forwarder {
                  unhealthy or draining)"
             ))),
         };
-        call.or_fall_back(outcome)
-            .await
-            .map_err(|err| refuse(err, &headers))
+        call.or_fall_back(outcome).await.map_err(|err| {
+            let mut refusal = refuse(err, &headers);
+            // The error reply continues the trace the attempts were part of.
+            if let Some(trace) = call.trace.get() {
+                refusal.meta.traceparent = trace.as_str().to_string();
+            }
+            refusal
+        })
     }
 }
 

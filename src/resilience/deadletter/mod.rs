@@ -12,16 +12,16 @@
 //!
 //! - components that know why they give up publish the entry themselves with
 //!   [`publish`] (data sync, the data flow, tasks), then settle the original;
-//! - every other JetStream consumer is covered by the [`advisory`] listener (the
-//!   `deadletter` component), which turns the server's `MAX_DELIVERIES` and
-//!   `MSG_TERMINATED` advisories into entries. It skips the consumers of the first
-//!   group ([`advisory::dead_letters_itself`]), so a failure is never stored twice.
+//! - every other JetStream consumer is covered by the `deadletter` [`component`],
+//!   which turns the server's `MAX_DELIVERIES` and `MSG_TERMINATED` advisories into
+//!   entries ([`advisory`]). It skips the consumers of the first group ([`advisory::dead_letters_itself`]), so a failure is never stored twice.
 //!
 //! [`entry`] reads entries back, [`filter`] selects them, [`replay`] publishes them to
 //! their original subject again, and [`cli`] is `switchyard dlq ls|show|replay|purge`.
 
 pub mod advisory;
 pub mod cli;
+pub mod component;
 pub mod entry;
 pub mod filter;
 pub mod replay;
@@ -36,7 +36,7 @@ use crate::error::Error;
 use crate::observability::metrics as m;
 use crate::subjects::{self, headers as h};
 
-pub use self::advisory::DeadLetterComponent;
+pub use self::component::DeadLetterComponent;
 pub use self::entry::Entry;
 pub use self::filter::Filter;
 

@@ -2,8 +2,10 @@
 //!
 //! A get answers the task's state (JSON in KV `tasks`) in the caller's codec, 404 for
 //! an unknown id. A cancel moves a task that is not final to `canceled` with
-//! compare-and-set and publishes it on `tasks.events.<id>`; a worker that has not
-//! started it skips it, one running it drops the handler and discards its result. A
+//! compare-and-set, announces it to the service's workers on
+//! `tasks.canceled.<service>` and publishes it on `tasks.events.<id>`; a worker that
+//! has not started it skips it, one running it drops the handler and discards its
+//! result. A
 //! task already completed, failed or canceled is left as it is, and the answer is its
 //! state, so the caller sees which happened first.
 
@@ -11,6 +13,7 @@ use super::state::{Phase, TaskState, TaskStore, Transition};
 use super::submit::SOURCE;
 use crate::component::responder::{Reply, Request};
 use crate::error::Error;
+use crate::subjects::{self, headers as h};
 
 /// Which request of the two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +44,35 @@ async fn cancel(store: &TaskStore, id: &str, request: &Request) -> Result<TaskSt
         })
         .await?;
     match canceled {
-        Transition::Applied(state, _) => {
+        Transition::Applied(state, revision, json) => {
+            // The workers first: one that has not started it yet then skips it
+            // without reading (see `cancels`).
+            notify_workers(store, &state, revision).await;
             store
-                .publish_event(Some(&request.meta), SOURCE, &state)
+                .publish_event(Some(&request.meta), SOURCE, &state, json)
                 .await;
             Ok(state)
         }
         Transition::Declined(state) => Ok(state),
+    }
+}
+
+/// Publishes the cancel notice on `tasks.canceled.<service>`: the id, and the
+/// revision of the `canceled` state. Core NATS: a worker that may have missed it
+/// reads the state before running (see `cancels`).
+async fn notify_workers(store: &TaskStore, state: &TaskState, revision: u64) {
+    let sent = async {
+        let subject = subjects::tasks_canceled(&state.service)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(h::TASK_REVISION, revision.to_string());
+        store
+            .client()
+            .publish_with_headers(subject, headers, state.id.clone().into())
+            .await?;
+        Ok::<_, Error>(())
+    };
+    if let Err(err) = sent.await {
+        tracing::debug!(%err, task = %state.id, "cannot publish a cancel notice");
     }
 }
 

@@ -3,16 +3,20 @@
 //! if the caller, the submitter or the first worker is gone meanwhile.
 //!
 //! - `tasks.submit.<service>.<operation>` ([`submit`]): stores the task `submitted` in
-//!   KV `tasks`, publishes its work item with ack to `tasks.work.<service>.<operation>`
-//!   (work-queue stream `TASKS`), answers `{"id","state"}`.
+//!   KV `tasks`, then publishes its work item with ack to
+//!   `tasks.work.<service>.<operation>` (work-queue stream `TASKS`) carrying the
+//!   state's revision, answers `{"id","state"}`.
 //! - `tasks.get.<id>`, `tasks.cancel.<id>` ([`endpoints`]).
 //! - `tasks.events.<id>`: every state change, published by whoever made it.
+//! - `tasks.canceled.<service>` ([`cancels`]): cancels announced to the workers, so
+//!   that they run a task without reading its state first unless it may be canceled.
 //! - [`state`]: the state JSON and the compare-and-set every change goes through, so a
 //!   task redelivered after its worker was killed completes exactly once as callers
 //!   see it.
 //!
 //! The worker side lives in the SDK (`src/sdk/tasks.rs`).
 
+pub mod cancels;
 pub mod endpoints;
 pub mod state;
 pub mod submit;

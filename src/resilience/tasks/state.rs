@@ -78,20 +78,29 @@ pub struct TaskState {
 }
 
 impl TaskState {
+    /// The state a submit stores. Its times are the time in the id (a UUID v7, ms) when
+    /// it has one, so a worker given the id and the revision rebuilds exactly what is
+    /// stored without reading it (see [`TaskState::as_submitted`]).
     pub fn submitted(id: &str, service: &str, operation: &str) -> TaskState {
-        let now = now();
+        let at = id_time_rfc3339(id).unwrap_or_else(now);
         TaskState {
             id: id.to_string(),
             service: service.to_string(),
             operation: operation.to_string(),
             state: Phase::Submitted,
-            submitted: now.clone(),
-            updated: now,
+            submitted: at.clone(),
+            updated: at,
             attempts: 0,
             worker: None,
             result: None,
             error: None,
         }
+    }
+
+    /// What a submit stored for `id`, rebuilt from the work item alone; `None` when the
+    /// id carries no time (not a UUID v7), so the submit's times are not known.
+    pub fn as_submitted(id: &str, service: &str, operation: &str) -> Option<TaskState> {
+        id_time(id).map(|_| TaskState::submitted(id, service, operation))
     }
 
     /// The same task moved to `phase`, stamped now.
@@ -115,11 +124,30 @@ impl TaskState {
     }
 }
 
+/// The time in a task id (a UUID v7: milliseconds since the epoch); `None` for
+/// anything else.
+pub fn id_time(id: &str) -> Option<std::time::SystemTime> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    if uuid.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
+}
+
+/// [`id_time`] in RFC 3339.
+fn id_time_rfc3339(id: &str) -> Option<String> {
+    let at = time::OffsetDateTime::from(id_time(id)?);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 /// How a [`TaskStore::transition`] ended.
 #[derive(Debug, Clone)]
 pub enum Transition {
-    /// Written: the new state and its revision.
-    Applied(TaskState, u64),
+    /// Written: the new state, its revision and its JSON as stored (which is also the
+    /// event's payload: encoded once).
+    Applied(TaskState, u64, Bytes),
     /// The change declined on the state it found (already final, say).
     Declined(TaskState),
 }
@@ -201,10 +229,11 @@ impl TaskStore {
             let Some(next) = change(&state) else {
                 return Ok(Transition::Declined(state));
             };
-            match self.kv.update(id, next.to_json()?, revision).await {
+            let json = next.to_json()?;
+            match self.kv.update(id, json.clone(), revision).await {
                 Ok(revision) => {
                     m::task_transition(&next.service, &next.operation, next.state.as_str());
-                    return Ok(Transition::Applied(next, revision));
+                    return Ok(Transition::Applied(next, revision, json));
                 }
                 Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
                 Err(err) => return Err(Error::nats("update KV tasks", err)),
@@ -218,8 +247,14 @@ impl TaskStore {
 
     /// Publishes `state` on `tasks.events.<id>` (JSON, `ce-type`
     /// `io.switchyard.task.<state>`). Core NATS: a subscriber that missed it reads
-    /// `tasks.get.<id>`, which is the truth.
-    pub async fn publish_event(&self, cause: Option<&Meta>, source: &str, state: &TaskState) {
+    /// `tasks.get.<id>`, which is the truth. `json` is the state as stored.
+    pub async fn publish_event(
+        &self,
+        cause: Option<&Meta>,
+        source: &str,
+        state: &TaskState,
+        json: Bytes,
+    ) {
         let kind = format!("{EVENT_TYPE_PREFIX}{}", state.state.as_str());
         let meta = match cause {
             Some(cause) => cause.follow_up(source, kind),
@@ -232,7 +267,7 @@ impl TaskStore {
             headers.insert(h::TASK_ID, state.id.as_str());
             let event = Outgoing {
                 headers,
-                payload: state.to_json()?,
+                payload: json,
             };
             check_size(&self.client, &event)?;
             self.client
@@ -269,6 +304,35 @@ mod tests {
         assert!(text.contains("\"result\":{\"ms\":100}"), "{text}");
         assert!(!text.contains("\"error\""), "{text}");
         assert_eq!(TaskState::from_json(&json).unwrap(), state);
+    }
+
+    #[test]
+    fn a_submitted_state_is_rebuilt_from_its_id_alone() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let stored = TaskState::submitted(&id, "slow", "wait");
+        assert_eq!(stored.submitted, stored.updated);
+        let millis = uuid::Uuid::parse_str(&id)
+            .unwrap()
+            .get_timestamp()
+            .unwrap()
+            .to_unix();
+        let at = time::OffsetDateTime::parse(
+            &stored.submitted,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert_eq!(at.unix_timestamp(), millis.0 as i64, "{}", stored.submitted);
+        assert_eq!(
+            TaskState::as_submitted(&id, "slow", "wait")
+                .unwrap()
+                .to_json()
+                .unwrap(),
+            stored.to_json().unwrap()
+        );
+        // A v4 id has no time: nothing to rebuild it from.
+        let v4 = uuid::Uuid::new_v4().to_string();
+        assert_eq!(TaskState::as_submitted(&v4, "slow", "wait"), None);
+        assert_eq!(TaskState::as_submitted("nope", "slow", "wait"), None);
     }
 
     #[test]

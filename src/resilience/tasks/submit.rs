@@ -1,11 +1,13 @@
 //! `tasks.submit.<service>.<operation>`: accept a task and answer at once.
 //!
-//! The task is stored `submitted` in KV `tasks` (key = a new UUID v7) and, at the same
-//! time, its work item is published with ack to `tasks.work.<service>.<operation>`
-//! (stream `TASKS`) carrying the caller's headers and payload unchanged plus
-//! `Nats-Msg-Id` = the task id (a retried publish is stored once) and
-//! `Switchyard-Task-Id`. Only when both are acknowledged does the caller get
-//! `{"id","state":"submitted"}`: an answered submit is durable.
+//! The task is stored `submitted` in KV `tasks` (key = a new UUID v7), then its work
+//! item is published with ack to `tasks.work.<service>.<operation>` (stream `TASKS`)
+//! carrying the caller's headers (minus JetStream publish controls) and payload
+//! unchanged plus `Nats-Msg-Id` = the task id (a retried publish is stored once),
+//! `Switchyard-Task-Id` and `Switchyard-Task-Revision` (the state's KV revision, from
+//! which the worker records the outcome without reading the state first). Only when
+//! both are acknowledged does the caller get `{"id","state":"submitted"}`: an answered
+//! submit is durable.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{Phase, TaskState, TaskStore};
 use crate::component::responder::{Reply, Request};
-use crate::envelope::{Outgoing, check_size};
+use crate::envelope::{Outgoing, check_size, without_publish_controls};
 use crate::error::Error;
 use crate::integration::registry::view::{Lookup, RegistryView};
 use crate::observability::metrics as m;
@@ -47,30 +49,36 @@ impl Submitter {
         self.check_routable(service, operation)?;
         let work_subject = subjects::tasks_work(service, operation)?;
         let id = uuid::Uuid::now_v7().to_string();
-        let mut headers = request.meta.to_headers();
+        // The caller's headers as they came (no re-encoding, nothing invented: the
+        // worker reads them as the caller wrote them), minus JetStream publish
+        // controls, which would act on the work item.
+        let mut headers = without_publish_controls(&request.headers);
+        // A caller without trace context gets the one its answer carries, so the
+        // worker's run and its events continue that trace.
+        if request.headers.get(h::TRACEPARENT).is_none() {
+            headers.insert(h::TRACEPARENT, request.meta.traceparent.as_str());
+        }
         headers.insert(h::NATS_MSG_ID, id.as_str());
         headers.insert(h::TASK_ID, id.as_str());
-        let work = Outgoing {
+        // The largest revision it can carry, so the size check holds for the real one.
+        headers.insert(h::TASK_REVISION, u64::MAX.to_string());
+        let mut work = Outgoing {
             headers,
             payload: request.payload.clone(),
         };
         check_size(self.store.client(), &work)?;
 
+        // The state first, then the work item carrying the state's revision: the
+        // worker records the outcome by compare-and-set from it without reading the
+        // state first. A submit waits for two writes one after the other.
         let state = TaskState::submitted(&id, service, operation);
-        // Both writes at once: the answer waits for one round trip, not two. A worker
-        // that gets the work item before the state is stored sees no state yet and
-        // puts the item back for a moment (see the SDK's task worker).
-        let (created, published) =
-            tokio::join!(self.store.create(&state), self.publish(&work_subject, work));
-        match (created, published) {
-            (Ok(_), Ok(())) => {}
-            (Ok(_), Err(err)) => {
-                // Nothing will ever work on it: do not leave a task that looks pending.
-                let _ = self.store.kv.delete(&id).await;
-                return Err(err);
-            }
-            // The work item without a state is dropped by the worker after a few tries.
-            (Err(err), _) => return Err(err),
+        let revision = self.store.create(&state).await?;
+        work.headers.insert(h::TASK_REVISION, revision.to_string());
+        if let Err(err) = self.publish(&work_subject, work).await {
+            // Nothing will ever work on it: do not leave a task that looks pending. A
+            // work item stored after all (its ack lost) finds no state and is dropped.
+            let _ = self.store.kv.delete(&id).await;
+            return Err(err);
         }
         m::task_transition(service, operation, Phase::Submitted.as_str());
         // No `submitted` event: the answer is it. Nobody can be subscribed to
