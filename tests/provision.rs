@@ -70,3 +70,60 @@ async fn creates_then_leaves_alone_then_updates_what_changed() {
     let kv = js.get_key_value("flows").await.unwrap();
     assert_eq!(kv.status().await.unwrap().history(), 10);
 }
+
+/// A server whose store cannot hold every stream's reserved `max_bytes` refuses at
+/// once with an error that names the stream and what to change (no retry loop), and
+/// limits that fit provision cleanly on the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_too_small_for_the_limits_is_refused_with_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("small.conf");
+    std::fs::write(
+        &conf,
+        "max_payload: 1MB\njetstream { max_file_store: 1GB }\n",
+    )
+    .unwrap();
+    let server = switchyard::nats::EmbeddedServer::start(switchyard::nats::ServerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("store"),
+        config: Some(conf),
+        binary: None,
+    })
+    .expect("nats-server (run scripts/setup)");
+    let client = switchyard::nats::connect(&server.url(), "provision-test")
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut config = JetStreamConfig {
+        replicas: 1,
+        ..Default::default()
+    };
+
+    let refused = provision::provision(&js, &config).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        switchyard::error::ErrorKind::Permanent,
+        "{refused}"
+    );
+    let message = refused.message();
+    assert!(message.contains("create stream DATA"), "{message}");
+    assert!(
+        message.contains("jetstream.streams.DATA.max_bytes") && message.contains("1024 MiB"),
+        "{message}"
+    );
+
+    for stream in switchyard::subjects::STREAMS {
+        config.streams.insert(
+            stream.name.into(),
+            StreamLimits {
+                max_age: None,
+                max_bytes: Some(64 * 1024 * 1024),
+            },
+        );
+    }
+    let fitted = provision::provision(&js, &config).await.unwrap();
+    assert!(
+        provision::missing(&js).await.unwrap().is_empty(),
+        "{fitted:?}"
+    );
+}

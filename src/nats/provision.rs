@@ -14,7 +14,7 @@ use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, Storag
 use futures::TryStreamExt;
 
 use crate::config::JetStreamConfig;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::subjects::{self, BUCKETS, STREAMS, StreamName};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -137,7 +137,7 @@ pub async fn provision(js: &JetStream, config: &JetStreamConfig) -> Result<Provi
     for attempt in 1.. {
         match provision_once(js, config).await {
             Ok(done) => return Ok(done),
-            Err(err) if attempt < 8 => {
+            Err(err) if attempt < 8 && err.kind().is_retryable() => {
                 tracing::debug!(%err, attempt, "provisioning failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -177,6 +177,7 @@ async fn provision_once(js: &JetStream, config: &JetStreamConfig) -> Result<Prov
 
 async fn ensure_stream(js: &JetStream, wanted: stream::Config) -> Result<Change, Error> {
     let name = wanted.name.clone();
+    let wanted_limits = (name.clone(), wanted.max_bytes);
     match js.get_stream(&name).await {
         Ok(mut existing) => {
             let current = existing
@@ -202,16 +203,44 @@ async fn ensure_stream(js: &JetStream, wanted: stream::Config) -> Result<Change,
             };
             js.update_stream(update)
                 .await
-                .map_err(|e| Error::nats(&format!("update stream {name}"), e))?;
+                .map_err(|e| stream_error(&format!("update stream {name}"), &wanted_limits, e))?;
             Ok(Change::Updated(changed))
         }
         Err(err) if is_not_found(&err) => {
             js.create_stream(wanted)
                 .await
-                .map_err(|e| Error::nats(&format!("create stream {name}"), e))?;
+                .map_err(|e| stream_error(&format!("create stream {name}"), &wanted_limits, e))?;
             Ok(Change::Created)
         }
         Err(err) => Err(Error::nats(&format!("look up stream {name}"), err)),
+    }
+}
+
+/// Maps a refused create or update. The server reserves each stream's `max_bytes` up
+/// front; when its store cannot hold them all it refuses with 10047, which no retry
+/// fixes, so that one says what to change instead.
+fn stream_error(
+    what: &str,
+    (name, max_bytes): &(String, i64),
+    err: async_nats::jetstream::context::CreateStreamError,
+) -> Error {
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    match err.kind() {
+        CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+        {
+            Error::new(
+                ErrorKind::Permanent,
+                format!(
+                    "{what}: the server cannot reserve its max_bytes ({} MiB) on top of what \
+                     its other streams reserve; lower jetstream.streams.{name}.max_bytes in \
+                     the configuration, or give nats-server a larger jetstream \
+                     max_file_store (nats/dev.conf sets one)",
+                    max_bytes / MIB
+                ),
+            )
+        }
+        _ => Error::nats(what, err),
     }
 }
 
