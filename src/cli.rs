@@ -322,6 +322,10 @@ pub struct BenchArgs {
     /// How long each scenario runs.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Gateway suite: measure every cell this many times (the relay and the gateway
+    /// alternating which goes first) and check the targets on the medians.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Skip the `nats bench` reference runs (the gateway suite has none).
     #[arg(long)]
     pub no_nats_cli: bool,

@@ -31,9 +31,25 @@ fn bench_reports_every_baseline_as_json() {
 
 #[test]
 fn bench_gateway_reports_three_paths_ratios_and_the_lookup_as_json() {
-    let report = bench_json(&["bench", "gateway", "--json", "--duration", "200ms"]);
+    let report = bench_json(&[
+        "bench",
+        "gateway",
+        "--json",
+        "--duration",
+        "200ms",
+        "--rounds",
+        "2",
+    ]);
     assert_eq!(report["suite"], "gateway", "{report}");
+    assert_eq!(report["rounds"], 2, "{report}");
     let rows = report["scenarios"].as_array().expect("scenarios");
+    // Every path of every cell once per round.
+    assert_eq!(rows.len(), 2 * 3 * 4, "{report}");
+    for round in [1, 2] {
+        assert_eq!(rows.iter().filter(|r| r["round"] == round).count(), 12);
+    }
+    let per_round = report["round_comparisons"].as_array().expect("per round");
+    assert_eq!(per_round.len(), 2 * 4, "{report}");
     let comparisons = report["comparisons"].as_array().expect("comparisons");
     for payload in [128, 1024] {
         for concurrency in [1, 64] {
@@ -115,4 +131,17 @@ fn bench_tasks_compares_durable_tasks_with_the_hand_written_work_queue_and_loses
     }
     // A verdict, not an assertion on timing.
     assert!(report["target_met"].is_boolean(), "{report}");
+}
+
+#[test]
+fn rounds_are_refused_where_they_mean_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["bench", "gateway", "--rounds", "0"][..],
+        &["bench", "sync", "--rounds", "3"][..],
+    ] {
+        let (code, _, stderr) = common::run_to_end(args, dir.path());
+        assert_ne!(code, 0, "{args:?}");
+        assert!(stderr.contains("--rounds"), "{args:?}: {stderr}");
+    }
 }

@@ -10,6 +10,11 @@
 //! payload (a JSON string, byte-identical on every path) and concurrency, direct, relay
 //! and gateway run back to back from the callers' shared connection. Then batches of
 //! the gateway's per-request lookups (registry route, service guard) are timed.
+//!
+//! `--rounds N` measures every cell N times, relay first in odd rounds and gateway
+//! first in even ones (so neither always runs on a warmer or a busier machine), and
+//! checks the targets on the median of the rounds: one 3 s run on a shared 2-core
+//! machine scatters by a few percent, which is the size of the margin being judged.
 
 mod report;
 
@@ -38,8 +43,11 @@ use crate::integration::gateway::guard::Policies;
 use crate::integration::registry::{Lookup, view::RegistryView};
 use crate::sdk::RunningService;
 
-/// Progress steps: three paths for each payload and concurrency, then the lookups.
-pub const STEPS: u64 = 3 * 4 + 1;
+/// Progress steps: three paths for each payload and concurrency in each round, then
+/// the lookups.
+pub fn steps(rounds: usize) -> u64 {
+    3 * 4 * rounds.max(1) as u64 + 1
+}
 /// The echo service (`examples/echo.rs`) and the operation every path calls.
 const SERVICE: &str = "echo";
 const OPERATION: &str = "say";
@@ -56,6 +64,7 @@ pub async fn bench(
     config: &Config,
     embedded: bool,
     timing: Timing,
+    rounds: usize,
     url: &str,
     server: String,
     progress: &ProgressBar,
@@ -77,7 +86,10 @@ pub async fn bench(
         progress.set_message("starting the echo service, the gateway and the relay");
         stack.start(config, &jetstream, url, &subjects).await?;
         wait_until_routed(&caller, &subjects.gateway).await?;
-        let rows = measure(&caller, &subjects, timing, progress).await?;
+        let mut rows = Vec::new();
+        for round in 1..=rounds.max(1) {
+            rows.push(measure(&caller, &subjects, timing, round, progress).await?);
+        }
         progress.set_message("cached registry lookups");
         let lookup = lookup_cost(&caller).await?;
         progress.inc(1);
@@ -167,25 +179,30 @@ async fn wait_until_routed(caller: &Client, subject: &str) -> Result<(), Error> 
     }
 }
 
-/// Direct, relay and gateway back to back for each payload and concurrency, so the
-/// three see the same machine noise, with byte-identical requests.
+/// One round: direct, relay and gateway back to back for each payload and concurrency,
+/// so the three see the same machine noise, with byte-identical requests. Odd rounds
+/// run the relay before the gateway, even ones after.
 async fn measure(
     caller: &Client,
     subjects: &Subjects,
     timing: Timing,
+    round: usize,
     progress: &ProgressBar,
 ) -> Result<Vec<ScenarioResult>, Error> {
-    let paths = [
+    let mut paths = [
         (DIRECT, &subjects.direct),
         (RELAY, &subjects.relay),
         (GATEWAY, &subjects.gateway),
     ];
+    if round % 2 == 0 {
+        paths.swap(1, 2);
+    }
     let mut rows = Vec::new();
     for size in PAYLOADS {
         let body = json_body(size);
         for n in CONCURRENCY {
             for (path, subject) in paths {
-                progress.set_message(format!("{path} {size} B x{n}"));
+                progress.set_message(format!("round {round}: {path} {size} B x{n}"));
                 let m = scenarios::request_reply(caller, subject, body.clone(), n, timing).await?;
                 rows.push(ScenarioResult::new(path, size, n, "operation", m));
                 progress.inc(1);

@@ -95,6 +95,11 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
     if args.duration.is_zero() {
         return Err(Error::invalid_input("--duration must be more than zero"));
     }
+    if args.rounds == 0 || (args.rounds > 1 && args.suite != BenchSuite::Gateway) {
+        return Err(Error::invalid_input(
+            "--rounds is 1 or more, and more than 1 only for the gateway suite",
+        ));
+    }
     let (mut server, temp_dir, url, label) = match &config.nats_url {
         Some(url) => (None, None, url.clone(), redact_url(url)),
         None => {
@@ -107,7 +112,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
     let timing = Timing::new(args.duration).counting_server(server.as_ref().and_then(|s| s.pid()));
     let total = match args.suite {
         BenchSuite::Baseline => SCENARIOS + if args.no_nats_cli { 0 } else { nats_cli::RUNS },
-        BenchSuite::Gateway => gateway::STEPS,
+        BenchSuite::Gateway => gateway::steps(args.rounds),
         BenchSuite::Cache => cache::STEPS,
         BenchSuite::Sync => sync::STEPS,
         BenchSuite::Tasks => tasks::STEPS,
@@ -117,9 +122,17 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
         BenchSuite::Baseline => bench(&args, timing, &url, label, &progress)
             .await
             .and_then(|report| render(&report, args.json, render_table)),
-        BenchSuite::Gateway => gateway::bench(&config, embedded, timing, &url, label, &progress)
-            .await
-            .and_then(|report| render(&report, args.json, gateway::render_table)),
+        BenchSuite::Gateway => gateway::bench(
+            &config,
+            embedded,
+            timing,
+            args.rounds,
+            &url,
+            label,
+            &progress,
+        )
+        .await
+        .and_then(|report| render(&report, args.json, gateway::render_table)),
         BenchSuite::Cache => cache::bench(&config, embedded, timing, &url, label, &progress)
             .await
             .and_then(|report| render(&report, args.json, cache::render_table)),

@@ -1,5 +1,6 @@
-//! What `switchyard bench gateway` produces: the three paths' rows, their ratios per
-//! payload and concurrency, the cached registry lookup's cost, and each target with
+//! What `switchyard bench gateway` produces: the three paths' rows in each round, their
+//! ratios per payload and concurrency (per round, and the median over the rounds), the
+//! cached registry lookup's cost, and each target, checked on the medians, with
 //! whether it was met (reported, never asserted). Everything here is pure.
 
 use std::fmt::Write as _;
@@ -101,6 +102,22 @@ impl Target {
     }
 }
 
+/// One measured row and the round (from 1) it belongs to.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRow {
+    pub round: usize,
+    #[serde(flatten)]
+    pub row: ScenarioResult,
+}
+
+/// One round's comparison of one payload and concurrency.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RoundComparison {
+    pub round: usize,
+    #[serde(flatten)]
+    pub comparison: Comparison,
+}
+
 /// The whole gateway run: what `switchyard bench gateway --json` prints.
 #[derive(Debug, Serialize)]
 pub struct GatewayReport {
@@ -108,32 +125,104 @@ pub struct GatewayReport {
     #[serde(flatten)]
     pub run: RunInfo,
     pub subjects: Subjects,
-    pub scenarios: Vec<ScenarioResult>,
+    pub rounds: usize,
+    pub scenarios: Vec<RoundRow>,
+    pub round_comparisons: Vec<RoundComparison>,
+    /// Per payload and concurrency, each figure's median over the rounds (the lower
+    /// middle one for an even count): what the targets are checked on.
     pub comparisons: Vec<Comparison>,
     pub lookup: LookupCost,
     pub targets: Vec<Target>,
 }
 
 impl GatewayReport {
-    /// Compares the rows and checks the targets.
+    /// Compares the rows of each round (`rounds[i]` is round `i + 1`), takes the
+    /// medians and checks the targets on them.
     pub fn new(
         run: RunInfo,
         subjects: Subjects,
-        scenarios: Vec<ScenarioResult>,
+        rounds: Vec<Vec<ScenarioResult>>,
         lookup: LookupCost,
     ) -> GatewayReport {
-        let comparisons = compare(&scenarios);
+        let round_comparisons: Vec<RoundComparison> = rounds
+            .iter()
+            .zip(1..)
+            .flat_map(|(rows, round)| {
+                compare(rows)
+                    .into_iter()
+                    .map(move |comparison| RoundComparison { round, comparison })
+            })
+            .collect();
+        let comparisons = medians(&round_comparisons);
         let targets = targets(&comparisons, &lookup);
         GatewayReport {
             suite: "gateway",
             run,
             subjects,
-            scenarios,
+            rounds: rounds.len(),
+            scenarios: rounds
+                .into_iter()
+                .zip(1..)
+                .flat_map(|(rows, round)| rows.into_iter().map(move |row| RoundRow { round, row }))
+                .collect(),
+            round_comparisons,
             comparisons,
             lookup,
             targets,
         }
     }
+}
+
+/// Per payload and concurrency (in the order of the first round), each field's median
+/// over the rounds; nothing is mixed across cells.
+pub fn medians(rounds: &[RoundComparison]) -> Vec<Comparison> {
+    let mut cells: Vec<(usize, usize)> = Vec::new();
+    for r in rounds {
+        let cell = (r.comparison.payload_bytes, r.comparison.concurrency);
+        if !cells.contains(&cell) {
+            cells.push(cell);
+        }
+    }
+    cells
+        .into_iter()
+        .map(|(payload_bytes, concurrency)| {
+            let of_cell: Vec<&Comparison> = rounds
+                .iter()
+                .map(|r| &r.comparison)
+                .filter(|c| c.payload_bytes == payload_bytes && c.concurrency == concurrency)
+                .collect();
+            let ratio = |f: fn(&Comparison) -> f64| {
+                let mut values: Vec<f64> = of_cell.iter().map(|c| f(c)).collect();
+                values.sort_by(f64::total_cmp);
+                quantile(&values, 0.5)
+            };
+            let us = |f: fn(&Comparison) -> i64| {
+                let mut values: Vec<i64> = of_cell.iter().map(|c| f(c)).collect();
+                values.sort_unstable();
+                values[(values.len() + 1) / 2 - 1]
+            };
+            let cpu: Vec<f64> = {
+                let mut values: Vec<f64> = of_cell
+                    .iter()
+                    .filter_map(|c| c.gateway_vs_relay_cpu)
+                    .collect();
+                values.sort_by(f64::total_cmp);
+                values
+            };
+            Comparison {
+                payload_bytes,
+                concurrency,
+                gateway_vs_relay_throughput: ratio(|c| c.gateway_vs_relay_throughput),
+                gateway_vs_direct_throughput: ratio(|c| c.gateway_vs_direct_throughput),
+                relay_vs_direct_throughput: ratio(|c| c.relay_vs_direct_throughput),
+                gateway_p50_over_direct_us: us(|c| c.gateway_p50_over_direct_us),
+                gateway_p99_over_direct_us: us(|c| c.gateway_p99_over_direct_us),
+                relay_p50_over_direct_us: us(|c| c.relay_p50_over_direct_us),
+                relay_p99_over_direct_us: us(|c| c.relay_p99_over_direct_us),
+                gateway_vs_relay_cpu: (!cpu.is_empty()).then(|| quantile(&cpu, 0.5)),
+            }
+        })
+        .collect()
 }
 
 /// One comparison per payload and concurrency that has all three paths.
@@ -202,6 +291,36 @@ pub fn targets(comparisons: &[Comparison], lookup: &LookupCost) -> Vec<Target> {
     targets
 }
 
+/// Each cell's gateway/relay figures round by round, and their medians.
+fn render_medians(out: &mut String, report: &GatewayReport) {
+    let _ = writeln!(
+        out,
+        "
+medians over {} rounds (gateway/relay msgs/s per round -> median; cpu/request; \
+         gateway p99 over direct):",
+        report.rounds
+    );
+    for c in &report.comparisons {
+        let per_round: Vec<String> = report
+            .round_comparisons
+            .iter()
+            .map(|r| &r.comparison)
+            .filter(|r| r.payload_bytes == c.payload_bytes && r.concurrency == c.concurrency)
+            .map(|r| format!("{:.3}", r.gateway_vs_relay_throughput))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:>8} x{:<3} {} -> {:.3}x; {}; {}",
+            fmt_bytes(c.payload_bytes),
+            c.concurrency,
+            per_round.join(" "),
+            c.gateway_vs_relay_throughput,
+            c.gateway_vs_relay_cpu.map_or("-".to_string(), fmt_ratio),
+            fmt_delta_us(c.gateway_p99_over_direct_us)
+        );
+    }
+}
+
 /// The value at quantile `q` (0..=1) of `sorted` (ascending), nearest rank; 0 if empty.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -229,12 +348,23 @@ pub fn render_table(report: &GatewayReport) -> String {
     );
     let notes = "vs direct (msgs/s; p50, p99); gateway/relay msgs/s, cpu/request";
     let _ = writeln!(out, "{}", scenario_header("path", notes));
-    for r in &report.scenarios {
+    let mut heading = 0;
+    for RoundRow { round, row: r } in &report.scenarios {
+        if report.rounds > 1 && *round != heading {
+            heading = *round;
+            let order = if round % 2 == 0 { "gateway" } else { "relay" };
+            let _ = writeln!(out, "round {round} of {} ({order} first):", report.rounds);
+        }
         let mut notes = Vec::new();
         let c = report
-            .comparisons
+            .round_comparisons
             .iter()
-            .find(|c| c.payload_bytes == r.payload_bytes && c.concurrency == r.concurrency);
+            .find(|c| {
+                c.round == *round
+                    && c.comparison.payload_bytes == r.payload_bytes
+                    && c.comparison.concurrency == r.concurrency
+            })
+            .map(|c| &c.comparison);
         match (r.scenario.as_str(), c) {
             (RELAY, Some(c)) => notes.push(format!(
                 "{}; {}, {}",
@@ -253,6 +383,9 @@ pub fn render_table(report: &GatewayReport) -> String {
             _ => {}
         }
         let _ = writeln!(out, "{}", scenario_row(r, notes));
+    }
+    if report.rounds > 1 {
+        render_medians(&mut out, report);
     }
     let l = &report.lookup;
     let _ = writeln!(
@@ -282,130 +415,5 @@ pub fn render_table(report: &GatewayReport) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::bench::report::{Measurement, new_histogram};
-    use crate::bench::table::tests::test_run;
-
-    fn row(path: &str, conc: usize, rate: f64, p50: u64, p99: u64) -> ScenarioResult {
-        let mut histogram = new_histogram().unwrap();
-        histogram.record_n(p50, 50).unwrap();
-        histogram.record_n(p99, 50).unwrap();
-        let m = Measurement {
-            histogram,
-            ops: rate as u64,
-            errors: 0,
-            first_error: None,
-            elapsed: Duration::from_secs(1),
-            // As if the machine were saturated: CPU per request is 1 s over the rate.
-            cpu: Some(crate::bench::cpu::CpuPerUnit {
-                bench_us: 1e6 / rate,
-                server_us: None,
-            }),
-        };
-        ScenarioResult::new(path, 128, conc, "operation", m)
-    }
-
-    fn lookup(median_ns: f64) -> LookupCost {
-        LookupCost {
-            call: "lookup + serves",
-            batches: 200,
-            calls_per_batch: 1000,
-            median_ns,
-            p99_ns: median_ns * 2.0,
-            min_ns: median_ns / 2.0,
-        }
-    }
-
-    fn report() -> GatewayReport {
-        let rows = vec![
-            row(DIRECT, 1, 10_000.0, 100, 200),
-            row(RELAY, 1, 5_000.0, 250, 400),
-            row(GATEWAY, 1, 4_600.0, 270, 600),
-            row(DIRECT, 64, 100_000.0, 500, 1_000),
-            row(RELAY, 64, 40_000.0, 1_200, 3_000),
-            row(GATEWAY, 64, 30_000.0, 1_500, 4_000),
-        ];
-        let subjects = Subjects {
-            direct: "svc.echo.say".into(),
-            relay: "bench.x.relay".into(),
-            gateway: "api.echo.say".into(),
-        };
-        GatewayReport::new(test_run(), subjects, rows, lookup(80.0))
-    }
-
-    #[test]
-    fn comparisons_are_ratios_and_differences_to_direct() {
-        let report = report();
-        assert_eq!(report.comparisons.len(), 2);
-        let c = report.comparisons[0];
-        assert_eq!((c.payload_bytes, c.concurrency), (128, 1));
-        assert!((c.gateway_vs_relay_throughput - 0.92).abs() < 1e-9, "{c:?}");
-        assert!(
-            (c.gateway_vs_direct_throughput - 0.46).abs() < 1e-9,
-            "{c:?}"
-        );
-        assert!((c.relay_vs_direct_throughput - 0.5).abs() < 1e-9, "{c:?}");
-        assert_eq!(c.gateway_p50_over_direct_us, 170);
-        assert_eq!(c.gateway_p99_over_direct_us, 400);
-        assert_eq!(c.relay_p99_over_direct_us, 200);
-        let cpu = c.gateway_vs_relay_cpu.unwrap();
-        assert!((cpu - 0.92).abs() < 1e-9, "{c:?}");
-        // No gateway row for 1 KiB: no comparison rather than a made-up one.
-        assert!(compare(&report.scenarios[..2]).is_empty());
-    }
-
-    #[test]
-    fn targets_are_checked_not_asserted() {
-        let report = report();
-        let verdicts: Vec<(&str, bool)> = report
-            .targets
-            .iter()
-            .map(|t| (t.name.as_str(), t.met))
-            .collect();
-        assert_eq!(
-            verdicts,
-            [
-                ("gateway/relay msgs/s, 128 B x1", true),
-                ("gateway/relay msgs/s, 128 B x64", false),
-                ("gateway p99 - direct p99, 128 B x1", false),
-                ("cached registry lookup, median", true),
-            ]
-        );
-        let slow = targets(&report.comparisons, &lookup(1_500.0));
-        assert!(!slow[3].met);
-    }
-
-    #[test]
-    fn quantiles_use_the_nearest_rank() {
-        let values: Vec<f64> = (1..=200).map(f64::from).collect();
-        assert_eq!(quantile(&values, 0.5), 100.0);
-        assert_eq!(quantile(&values, 0.99), 198.0);
-        assert_eq!(quantile(&values, 0.0), 1.0);
-        assert_eq!(quantile(&values, 1.0), 200.0);
-        assert_eq!(quantile(&[], 0.5), 0.0);
-    }
-
-    #[test]
-    fn table_shows_paths_ratios_lookup_and_targets() {
-        let text = render_table(&report());
-        assert!(text.starts_with("switchyard bench gateway: "), "{text}");
-        let gateway = text.lines().find(|l| l.starts_with("gateway")).unwrap();
-        assert!(
-            gateway.ends_with("0.46x; +170 µs, +400 µs; 0.92x, 0.92x"),
-            "{gateway}"
-        );
-        let relay = text.lines().find(|l| l.starts_with("relay")).unwrap();
-        assert!(relay.ends_with("0.50x; +150 µs, +200 µs"), "{relay}");
-        assert!(text.contains("median 80 ns"), "{text}");
-        assert!(
-            text.contains("MISSED gateway p99 - direct p99, 128 B x1"),
-            "{text}"
-        );
-        assert!(text.lines().all(|l| l == l.trim_end()), "{text}");
-        assert_eq!(fmt_delta_us(-3), "-3 µs");
-        assert_eq!(fmt_delta_us(1_500), "+1.50 ms");
-    }
-}
+#[path = "report_tests.rs"]
+mod tests;
