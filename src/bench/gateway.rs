@@ -194,7 +194,7 @@ async fn measure(
         (RELAY, &subjects.relay),
         (GATEWAY, &subjects.gateway),
     ];
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         paths.swap(1, 2);
     }
     let mut rows = Vec::new();

@@ -199,7 +199,7 @@ pub fn medians(rounds: &[RoundComparison]) -> Vec<Comparison> {
             let us = |f: fn(&Comparison) -> i64| {
                 let mut values: Vec<i64> = of_cell.iter().map(|c| f(c)).collect();
                 values.sort_unstable();
-                values[(values.len() + 1) / 2 - 1]
+                values[values.len().div_ceil(2) - 1]
             };
             let cpu: Vec<f64> = {
                 let mut values: Vec<f64> = of_cell
@@ -352,7 +352,11 @@ pub fn render_table(report: &GatewayReport) -> String {
     for RoundRow { round, row: r } in &report.scenarios {
         if report.rounds > 1 && *round != heading {
             heading = *round;
-            let order = if round % 2 == 0 { "gateway" } else { "relay" };
+            let order = if round.is_multiple_of(2) {
+                "gateway"
+            } else {
+                "relay"
+            };
             let _ = writeln!(out, "round {round} of {} ({order} first):", report.rounds);
         }
         let mut notes = Vec::new();
