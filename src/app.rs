@@ -147,16 +147,27 @@ async fn serve(
         Some(secrets) => secure::write_credential_files(&config.embedded.data_dir, &url, secrets)?,
         None => Vec::new(),
     };
-    let services_login = match &secrets {
-        Some(secrets) => Some(secrets.login(secure::SERVICES_USER)?.clone()),
-        None => None,
+    // The login of an external server (`--nats`); an embedded server without
+    // `--secure` has no users, so a login configured for elsewhere is not used on it.
+    let external_auth = match &embedded {
+        None => config.nats_auth.clone(),
+        Some(_) => {
+            if !config.nats_auth.is_empty() {
+                tracing::warn!("NATS login options ignored: they apply to --nats servers only");
+            }
+            nats::NatsAuth::default()
+        }
+    };
+    let services_auth = match &secrets {
+        Some(secrets) => nats::NatsAuth::from_login(secrets.login(secure::SERVICES_USER)?),
+        None => external_auth.clone(),
     };
     let connections = match &secrets {
         Some(secrets) => {
             let names: Vec<&'static str> = components.iter().map(|c| c.name()).collect();
             Connections::secure(&url, secrets, &names).await?
         }
-        None => Connections::shared(nats::connect(&url, "switchyard").await?),
+        None => Connections::shared(nats::connect_with(&url, "switchyard", &external_auth).await?),
     };
     let provisioner = connections.provisioner.as_ref();
     let js = async_nats::jetstream::new(provisioner.unwrap_or(&connections.process).clone());
@@ -173,7 +184,7 @@ async fn serve(
     // Demo services start after the components and stop before them.
     let demo = match demo {
         false => None,
-        true => match Demo::start(&url, services_login.as_ref()).await {
+        true => match Demo::start(&url, &services_auth).await {
             Ok(demo) => Some(demo),
             Err(err) => {
                 supervisor.stop(config.grace).await;

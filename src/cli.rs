@@ -26,7 +26,8 @@ pub struct GlobalArgs {
     /// Optional TOML configuration file; flags and env vars override it.
     #[arg(long, env = "SWITCHYARD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// NATS server to use. Without it, `up` starts its own nats-server.
+    /// NATS server to use (several URLs of a cluster: comma-separated). Without it, `up`
+    /// starts its own nats-server. To log in to it, see the --nats-* options below.
     #[arg(long, env = "NATS_URL", global = true)]
     pub nats: Option<String>,
     /// Admin HTTP address (/healthz, /readyz, /metrics) [default: 127.0.0.1:9464].
@@ -62,6 +63,9 @@ pub struct GlobalArgs {
     /// `switchyard api-key new`).
     #[arg(long, env = "SWITCHYARD_API_KEYS_FILE", global = true)]
     pub api_keys_file: Option<PathBuf>,
+    /// How to log in to an external NATS server (creds, user, token, TLS).
+    #[command(flatten)]
+    pub nats_login: crate::nats::auth::NatsLoginArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]

@@ -26,6 +26,8 @@ pub struct ConfigError(pub String);
 pub struct Config {
     /// External NATS server; `None` means `up` starts an embedded one.
     pub nats_url: Option<String>,
+    /// How to log in to that server (`--nats-creds`, `NATS_USER`…, `[nats]`).
+    pub nats_auth: crate::nats::NatsAuth,
     pub admin: SocketAddr,
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -101,7 +103,8 @@ pub struct StreamLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    nats: Option<String>,
+    /// `nats = "<url>"` or a `[nats]` table with the URL and the login.
+    nats: Option<crate::nats::auth::NatsKey>,
     admin: Option<SocketAddr>,
     log: Option<String>,
     log_format: Option<LogFormat>,
@@ -231,8 +234,15 @@ impl Config {
         };
         let default_up = UpArgs::default();
         let up = up.unwrap_or(&default_up);
+        let nats = file.nats.unwrap_or_default().0;
         let config = Config {
-            nats_url: global.nats.clone().or(file.nats),
+            nats_url: global.nats.clone().or(nats.url.clone()),
+            nats_auth: crate::nats::NatsAuth::resolve(
+                &global.nats_login,
+                &nats,
+                crate::nats::auth::SecretEnv::from_process(),
+            )
+            .map_err(|e| ConfigError(e.message().to_string()))?,
             admin: global
                 .admin
                 .or(file.admin)

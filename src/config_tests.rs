@@ -133,3 +133,23 @@ fn unknown_keys_and_bad_values_are_one_line_errors() {
         assert!(!err.to_string().contains('\n'), "{bad}: {err}");
     }
 }
+
+#[test]
+fn the_nats_key_is_a_url_or_a_section_with_the_login() {
+    let config = load_toml("nats = \"nats://10.0.0.1:4222\"\n").unwrap();
+    assert_eq!(config.nats_url.as_deref(), Some("nats://10.0.0.1:4222"));
+    assert!(config.nats_auth.user.is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0k3n\n").unwrap();
+    let config = load_toml(&format!(
+        "[nats]\nurl = \"tls://10.0.0.1:4222\"\ntoken_file = \"{}\"\n",
+        token.display()
+    ))
+    .unwrap();
+    assert_eq!(config.nats_url.as_deref(), Some("tls://10.0.0.1:4222"));
+    assert!(!config.nats_auth.is_empty());
+    assert!(!format!("{config:?}").contains("t0k3n"));
+    let err = load_toml("[nats]\ntoken = \"inline\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field `token`"), "{err}");
+}

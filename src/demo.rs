@@ -15,7 +15,7 @@ pub mod flaky;
 pub mod slow;
 
 use crate::error::Error;
-use crate::nats::secure::Login;
+use crate::nats::NatsAuth;
 use crate::sdk::{RunningService, Service};
 
 /// The demo services, running.
@@ -25,9 +25,10 @@ pub struct Demo {
 
 impl Demo {
     /// Starts the three services, each on its own connection to `url` as a separate
-    /// service program would (in secure mode as `login`'s user, `services`, whose
-    /// permission to answer a request covers one answer per connection).
-    pub async fn start(url: &str, login: Option<&Login>) -> Result<Demo, Error> {
+    /// service program would, logged in with `auth` (in secure mode the user
+    /// `services`, whose permission to answer a request covers one answer per
+    /// connection; against an external server, its configured login).
+    pub async fn start(url: &str, auth: &NatsAuth) -> Result<Demo, Error> {
         let definitions: [Result<Service, Error>; 3] = [
             echo::service(),
             flaky::service(flaky::Config::default()),
@@ -38,7 +39,7 @@ impl Demo {
         };
         for definition in definitions {
             match definition {
-                Ok(service) => match start_one(url, login, service).await {
+                Ok(service) => match start_one(url, auth, service).await {
                     Ok(running) => demo.services.push(running),
                     Err(err) => {
                         demo.stop().await;
@@ -70,12 +71,8 @@ impl Demo {
     }
 }
 
-async fn start_one(
-    url: &str,
-    login: Option<&Login>,
-    service: Service,
-) -> Result<RunningService, Error> {
+async fn start_one(url: &str, auth: &NatsAuth, service: Service) -> Result<RunningService, Error> {
     let name = format!("switchyard-demo-{}", service.name());
-    let client = crate::nats::connect_as(url, &name, login).await?;
+    let client = crate::nats::connect_with(url, &name, auth).await?;
     service.start(&client).await
 }

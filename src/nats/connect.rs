@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use async_nats::{Client, ConnectError, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
 
+use super::auth::NatsAuth;
 use super::embedded::check_version;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 
 /// The servers of `url`: one URL, or several separated by commas (the nodes of a
 /// cluster; the client picks one and fails over to the others).
@@ -32,12 +33,19 @@ pub async fn connect_as(
     name: &str,
     login: Option<&super::secure::Login>,
 ) -> Result<Client, Error> {
+    let auth = login.map(NatsAuth::from_login).unwrap_or_default();
+    connect_with(url, name, &auth).await
+}
+
+/// [`connect`] with `auth`'s login and TLS (an external server, `--nats`). A server
+/// refusing the login fails the first connection at once with
+/// [`ErrorKind::Unauthenticated`]: async-nats tries each server once on the first
+/// connect and returns an authorization violation without retrying, so
+/// `max_reconnects(None)` only governs reconnecting after a success.
+pub async fn connect_with(url: &str, name: &str, auth: &NatsAuth) -> Result<Client, Error> {
     let servers = server_addrs(url)?;
-    let options = match login {
-        Some(login) => login.apply(ConnectOptions::new()),
-        None => ConnectOptions::new(),
-    };
-    let client = options
+    let client = auth
+        .apply(ConnectOptions::new())?
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
@@ -51,22 +59,48 @@ pub async fn connect_as(
         })
         .connect(servers)
         .await
-        .map_err(|e| Error::unavailable(format!("cannot connect to NATS at {url}: {e}")))?;
+        .map_err(|e| connect_error(url, auth, &e))?;
     let info = client.server_info();
     check_version(&info.version, &format!("server at {url}"))?;
     Ok(client)
 }
 
+/// A first connection that failed, said so the reader knows what to change.
+fn connect_error(url: &str, auth: &NatsAuth, err: &ConnectError) -> Error {
+    let text = err.to_string();
+    // rustls' certificate failures come back as I/O errors, not as the TLS kind.
+    let tls = matches!(err.kind(), ConnectErrorKind::Tls)
+        || text.contains("certificate")
+        || text.contains("TLS");
+    match err.kind() {
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => Error::new(
+            ErrorKind::Unauthenticated,
+            format!(
+                "authorization violation: the NATS server at {url} refused {} ({text}); \
+                 check NATS_USER/NATS_PASSWORD, NATS_TOKEN, --nats-creds or the [nats] \
+                 section of the configuration",
+                auth.presented()
+            ),
+        ),
+        _ if tls => Error::unavailable(format!(
+            "TLS with the NATS server at {url} failed: {text}; a server certificate from \
+             your own CA needs --nats-tls-ca (NATS_CA), a server that verifies clients \
+             --nats-tls-cert and --nats-tls-key"
+        )),
+        _ => Error::unavailable(format!("cannot connect to NATS at {url}: {text}")),
+    }
+}
+
 /// How the command-line tools (`flows`, `dlq`, `status`, `logs`, `events tail`…)
-/// connect: the configured server, else the local default, named after the tool; as
-/// the user `NATS_USER`/`NATS_PASSWORD` name when set (a server of `up --secure`).
+/// connect: the configured server, else the local default, named after the tool, with
+/// the configured login ([`NatsAuth`]: `--nats-creds`, `NATS_USER`/`NATS_PASSWORD`,
+/// `NATS_TOKEN`, TLS; the files of `up --secure` set `NATS_USER`/`NATS_PASSWORD`).
 pub async fn connect_tool(config: &crate::config::Config, tool: &str) -> Result<Client, Error> {
     let url = config
         .nats_url
         .clone()
         .unwrap_or_else(|| crate::app::DEFAULT_NATS_URL.to_string());
-    let login = super::secure::login_from_env();
-    connect_as(&url, &format!("switchyard-{tool}"), login.as_ref()).await
+    connect_with(&url, &format!("switchyard-{tool}"), &config.nats_auth).await
 }
 
 /// Waits until the server has processed everything this client sent before the call:

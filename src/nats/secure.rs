@@ -210,15 +210,6 @@ pub fn write_credential_files(
     Ok(files)
 }
 
-/// The login `NATS_USER` and `NATS_PASSWORD` name, if set (the `switchyard` tools and
-/// SDK service programs against a secure server). The inbox prefix follows the user,
-/// as in [`inbox_prefix`].
-pub fn login_from_env() -> Option<Login> {
-    let user = std::env::var("NATS_USER").ok().filter(|u| !u.is_empty())?;
-    let password = std::env::var("NATS_PASSWORD").unwrap_or_default();
-    Some(Login::new(&user, password))
-}
-
 /// `<data dir>/secure`, created with mode 0700.
 pub fn secure_dir(data_dir: &Path) -> Result<PathBuf, Error> {
     use std::os::unix::fs::PermissionsExt;

@@ -7,13 +7,16 @@ use super::Service;
 use crate::cli::{LogFormat, parse_duration};
 use crate::error::Error;
 
-/// `--nats`, `--heartbeat`, `--task-ack-wait` and `--log`, each with its env fallback. Flatten it into a
-/// program's own clap arguments.
+/// `--nats` and how to log in to it (the `--nats-*` flags, `NATS_USER`/`NATS_PASSWORD`,
+/// `NATS_TOKEN`, `NATS_CREDS`, TLS), `--heartbeat`, `--task-ack-wait` and `--log`, each
+/// with its env fallback. Flatten it into a program's own clap arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
     /// NATS server.
     #[arg(long, env = "NATS_URL", default_value = crate::app::DEFAULT_NATS_URL)]
     pub nats: String,
+    #[command(flatten)]
+    pub login: crate::nats::auth::NatsLoginArgs,
     /// Registry heartbeat; the entry expires after three missed beats.
     #[arg(long, env = "SWITCHYARD_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -29,9 +32,15 @@ impl ServiceArgs {
     /// Logs, connects, and runs `service` until SIGINT/SIGTERM, then stops gracefully.
     pub async fn run(self, service: Service) -> Result<(), Error> {
         crate::observability::logging::init(&self.log, LogFormat::Text);
-        // A server of `up --secure` wants the services user (`NATS_USER`, `NATS_PASSWORD`).
-        let login = crate::nats::secure::login_from_env();
-        let client = crate::nats::connect_as(&self.nats, service.name(), login.as_ref()).await?;
+        // A service program has no configuration file: flags and env only. A server of
+        // `up --secure` wants the services user (`NATS_USER`, `NATS_PASSWORD`, from
+        // `services.env`), which this covers too.
+        let auth = crate::nats::NatsAuth::resolve(
+            &self.login,
+            &crate::nats::auth::NatsSection::default(),
+            crate::nats::auth::SecretEnv::from_process(),
+        )?;
+        let client = crate::nats::connect_with(&self.nats, service.name(), &auth).await?;
         service
             .heartbeat(self.heartbeat)
             .task_ack_wait(self.task_ack_wait)

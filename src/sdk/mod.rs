@@ -32,8 +32,9 @@
 //! - Each operation also runs as a durable task: `tasks.submit.<service>.<operation>`
 //!   (the `tasks` component) answers with a task id, and the instances of the service
 //!   pull the work from stream `TASKS` and record the outcome in KV `tasks`
-//!   ([`tasks`], [`task_run`]): in-progress acks while the handler runs, exactly one
-//!   outcome recorded per task even when a killed instance's task is redelivered.
+//!   ([`tasks`], [`task_run`], [`task_outcome`]): in-progress acks while the handler
+//!   runs, exactly one outcome recorded per task even when a killed instance's task is
+//!   redelivered.
 //! - Each instance follows its service's health in the registry and leaves the queue
 //!   group while another instance should serve instead (drained, unhealthy or
 //!   degraded; see `routing`).
@@ -47,6 +48,7 @@ mod latency;
 mod routing;
 mod running;
 mod serving;
+mod task_outcome;
 mod task_run;
 mod tasks;
 

@@ -1,4 +1,4 @@
-//! Running one task a worker pulled, from the first look at its state to settlement.
+//! Running one task a worker pulled, from the first look at its state to its outcome.
 //!
 //! 1. Know the state. On its first delivery a work item carries the revision of the
 //!    `submitted` state its submit stored (`Switchyard-Task-Revision`), and that state
@@ -13,17 +13,17 @@
 //!    compare-and-set; later ones read it. A task found final meanwhile (canceled) has
 //!    its handler dropped. A task done within the first tick never writes `working`:
 //!    one write per task on the fast path, the outcome.
-//! 3. Record the outcome with compare-and-set from the state known, then settle the
-//!    work item. Only a failed compare-and-set reads the state. The first outcome
-//!    recorded wins: a worker finding the task already final discards its own.
-//!    Failures follow the taxonomy ([`ErrorKind::handling`]): a retried kind is nak'ed
-//!    with a jittered delay until the last delivery; anything else, or the last
-//!    delivery failing, is dead-lettered, recorded `failed` and terminated.
+//! 3. Record the outcome and settle the work item: [`task_outcome`].
 //!
-//! Every state change is published on `tasks.events.<id>`.
+//! What this file touches: KV `tasks` (reads; `working` by compare-and-set through
+//! [`Attempt::record`]), `tasks.events.<id>` ([`Attempt::publish`]) and the work
+//! item's in-progress acks. It settles the work item itself only when the handler does
+//! not run to an outcome (task already final or unknown, state unreadable, canceled
+//! while running, instance aborting); every other settlement, the error log and the
+//! dead letters are [`task_outcome`]'s.
 //!
-//! [`ErrorKind::handling`]: crate::error::ErrorKind::handling
 //! [`cancels`]: crate::resilience::tasks::cancels
+//! [`task_outcome`]: super::task_outcome
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -35,26 +35,20 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::BoxHandler;
+use super::task_outcome::{
+    STORE_RETRY, complete, fail, give_up, report, result_json, settle, working_where,
+};
 use super::tasks::TaskSettings;
-use crate::envelope::{Meta, to_display_json};
-use crate::error::{Error, ErrorKind};
+use crate::envelope::Meta;
+use crate::error::Error;
 use crate::observability::metrics as m;
-use crate::resilience::deadletter::{self, DeadLetter, Failure};
-use crate::resilience::errorlog::{ErrorLog, Where};
-use crate::resilience::tasks::NAME;
+use crate::resilience::errorlog::ErrorLog;
 use crate::resilience::tasks::cancels::CancelNotices;
-use crate::resilience::tasks::state::{Phase, TaskState, TaskStore, Transition, error_detail};
-use crate::subjects::{STREAM_TASKS, headers as h};
+use crate::resilience::tasks::state::{Phase, TaskState, TaskStore, Transition};
+use crate::subjects::headers as h;
 
 /// Longest pause between two checks of a running task (in-progress ack, canceled?).
 const MAX_TICK: Duration = Duration::from_secs(1);
-/// First redelivery delay after a retried failure; doubles per delivery, jittered.
-const RETRY_BASE: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-/// Delay before a work item whose state could not be read or written comes back.
-const STORE_RETRY: Duration = Duration::from_secs(1);
-/// Bytes of a task's state besides its result (ids, times, headers), at most.
-const STATE_HEADROOM: usize = 2048;
 /// Delay before a work item whose state is not stored yet comes back.
 const STATE_PENDING: Duration = Duration::from_millis(100);
 
@@ -215,17 +209,17 @@ async fn claim(
 }
 
 /// One delivery of one task, as this worker runs it.
-struct Attempt<'a> {
-    worker: &'a Worker,
+pub(super) struct Attempt<'a> {
+    pub(super) worker: &'a Worker,
     id: String,
-    delivered: i64,
+    pub(super) delivered: i64,
     /// The work item's attributes, which the task's events follow up on.
     cause: Option<Meta>,
 }
 
 impl Attempt<'_> {
     /// Publishes a state this attempt recorded on `tasks.events.<id>`.
-    async fn publish(&self, state: &TaskState, json: bytes::Bytes) {
+    pub(super) async fn publish(&self, state: &TaskState, json: bytes::Bytes) {
         let worker = self.worker;
         worker
             .store
@@ -234,7 +228,7 @@ impl Attempt<'_> {
     }
 
     /// `state` moved to `phase` by this attempt.
-    fn next(&self, state: &TaskState, phase: Phase) -> TaskState {
+    pub(super) fn next(&self, state: &TaskState, phase: Phase) -> TaskState {
         TaskState {
             attempts: self.delivered.max(0) as u64,
             worker: Some(self.worker.instance.clone()),
@@ -243,7 +237,7 @@ impl Attempt<'_> {
     }
 
     /// Records `next(state)` unless the task is final by now.
-    async fn record(
+    pub(super) async fn record(
         &self,
         known: (TaskState, u64),
         next: impl Fn(&TaskState) -> TaskState,
@@ -320,202 +314,4 @@ fn finished(id: &str, outcome: std::thread::Result<Result<Vec<u8>, Error>>) -> R
         tracing::error!(task = %id, "task handler panicked");
         Err(Error::internal("the handler panicked"))
     }))
-}
-
-/// Records the answer unless an outcome is already recorded, then acks.
-async fn complete(
-    attempt: &Attempt<'_>,
-    message: &Message,
-    known: (TaskState, u64),
-    result: serde_json::Value,
-) {
-    let recorded = attempt
-        .record(known, |state| TaskState {
-            result: Some(result.clone()),
-            error: None,
-            ..attempt.next(state, Phase::Completed)
-        })
-        .await;
-    finish(attempt, message, recorded, AckKind::Ack).await;
-}
-
-/// The handler's answer as the JSON the state keeps (it is in the caller's codec). An
-/// answer the state cannot hold (over `max_payload` with room for the rest) fails the
-/// task for good: running it again would give the same answer.
-fn result_json(worker: &Worker, answer: &[u8]) -> Result<serde_json::Value, Error> {
-    let display = to_display_json(answer);
-    let room = worker
-        .store
-        .client()
-        .max_payload()
-        .saturating_sub(STATE_HEADROOM);
-    if display.len() > room {
-        return Err(Error::new(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "the task's result of {} bytes does not fit in KV tasks (at most {room})",
-                display.len()
-            ),
-        ));
-    }
-    Ok(serde_json::from_slice(&display)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(answer).into())))
-}
-
-/// A failed run: retried later, or dead-lettered and recorded `failed`.
-async fn fail(
-    attempt: &Attempt<'_>,
-    message: &Message,
-    headers: &HeaderMap,
-    known: (TaskState, u64),
-    seq: u64,
-    err: Error,
-) {
-    let worker = attempt.worker;
-    report(worker, &working_where(message, headers), &err);
-    let detail = error_detail(&err);
-    let with_error = |phase| {
-        let detail = detail.clone();
-        move |state: &TaskState| TaskState {
-            error: Some(detail.clone()),
-            ..attempt.next(state, phase)
-        }
-    };
-    let retried = err.kind().handling().retried;
-    if retried && attempt.delivered < worker.settings.max_deliver {
-        // Still working as far as callers are concerned, with the reason on record.
-        let noted = attempt.record(known, with_error(Phase::Working)).await;
-        if let Ok(Transition::Applied(state, _, json)) = noted {
-            attempt.publish(&state, json).await;
-        }
-        settle(message, AckKind::Nak(Some(retry_delay(attempt.delivered)))).await;
-        return;
-    }
-    // Stored before the state says failed, so a failed task always has its entry.
-    if !give_up(worker, message, headers, attempt.delivered, seq, &err).await {
-        settle(message, AckKind::Nak(Some(STORE_RETRY))).await;
-        return;
-    }
-    let recorded = attempt.record(known, with_error(Phase::Failed)).await;
-    finish(attempt, message, recorded, AckKind::Term).await;
-}
-
-/// Publishes the recorded outcome and settles with `done`; an outcome recorded first
-/// by someone else (a cancel, another delivery) is left alone and the item acked.
-async fn finish(
-    attempt: &Attempt<'_>,
-    message: &Message,
-    recorded: Result<Transition, Error>,
-    done: AckKind,
-) {
-    match recorded {
-        Ok(Transition::Applied(state, _, json)) => {
-            attempt.publish(&state, json).await;
-            settle(message, done).await;
-        }
-        Ok(Transition::Declined(state)) => {
-            tracing::debug!(task = %state.id, state = state.state.as_str(), "outcome already recorded; ours discarded");
-            settle(message, AckKind::Ack).await;
-        }
-        // The state is gone: its submit failed after storing the work item (and
-        // deleted the state), or it expired. Nothing to record it against.
-        Err(err) if err.kind() == ErrorKind::NotFound => {
-            tracing::warn!(%err, subject = %message.subject, "work item of an unknown task; dropped");
-            settle(message, AckKind::Ack).await;
-        }
-        Err(err) => {
-            report(attempt.worker, &Where::default(), &err);
-            settle(message, AckKind::Nak(Some(STORE_RETRY))).await;
-        }
-    }
-}
-
-/// Dead-letters the work item; whether it is stored.
-async fn give_up(
-    worker: &Worker,
-    message: &Message,
-    headers: &HeaderMap,
-    delivered: i64,
-    seq: u64,
-    err: &Error,
-) -> bool {
-    // Without the revision: a replayed copy reads the state before it runs.
-    let mut copy = HeaderMap::new();
-    for (name, values) in headers.iter() {
-        let text: &str = name.as_ref();
-        if !text.eq_ignore_ascii_case(h::TASK_REVISION) {
-            for value in values {
-                copy.append(name.clone(), value.clone());
-            }
-        }
-    }
-    let headers = copy;
-    let letter = DeadLetter {
-        component: NAME,
-        subject: message.subject.as_str(),
-        headers: &headers,
-        payload: message.payload.clone(),
-        error: err,
-        deliveries: delivered,
-        origin: format!("{}:{seq}", STREAM_TASKS.name),
-        target: None,
-    };
-    let failure = Failure {
-        consumer: Some(&worker.consumer_name),
-        first_failure: None,
-    };
-    match deadletter::publish_with(&worker.js, &letter, &failure).await {
-        Ok(_) => true,
-        Err(dlq_err) => {
-            report(worker, &Where::default(), &dlq_err);
-            false
-        }
-    }
-}
-
-async fn settle(message: &Message, kind: AckKind) {
-    if let Err(err) = message.ack_with(kind).await {
-        tracing::warn!(%err, subject = %message.subject, "cannot settle a task; it will be redelivered");
-    }
-}
-
-fn report(worker: &Worker, at: &Where<'_>, err: &Error) {
-    let at = Where {
-        service: Some(&worker.service),
-        ..at.clone()
-    };
-    worker.errors.report(NAME, err, at);
-}
-
-fn working_where<'a>(message: &'a Message, headers: &'a HeaderMap) -> Where<'a> {
-    Where {
-        subject: Some(message.subject.as_str()),
-        traceparent: headers.get(h::TRACEPARENT).map(|v| v.as_str()),
-        ..Where::default()
-    }
-}
-
-/// Delay before the next delivery after the `delivered`-th failed: doubling from
-/// [`RETRY_BASE`] up to [`RETRY_MAX`], half fixed and half random so tasks that failed
-/// together do not come back together.
-fn retry_delay(delivered: i64) -> Duration {
-    let doublings = delivered.clamp(1, 16) as u32 - 1;
-    let base = RETRY_BASE.saturating_mul(1 << doublings).min(RETRY_MAX);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
-    base / 2 + base / 2 * jitter / 1000
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_grow_jittered_and_bounded() {
-        for delivered in 1..20 {
-            let delay = retry_delay(delivered);
-            let doublings = (delivered.clamp(1, 16) - 1) as u32;
-            let base = RETRY_BASE.saturating_mul(1 << doublings).min(RETRY_MAX);
-            assert!(delay >= base / 2 && delay <= base, "{delivered}: {delay:?}");
-        }
-    }
 }

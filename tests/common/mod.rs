@@ -197,8 +197,22 @@ impl Process {
         Process::spawn_program(Path::new(env!("CARGO_BIN_EXE_switchyard")), args, cwd)
     }
 
+    /// [`Process::spawn`] with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Process {
+        Process::spawn_program_with_env(Path::new(env!("CARGO_BIN_EXE_switchyard")), args, cwd, env)
+    }
+
     /// Any program (an example service, say), with the same care as `switchyard`.
     pub fn spawn_program(program: &Path, args: &[&str], cwd: &Path) -> Process {
+        Process::spawn_program_with_env(program, args, cwd, &[])
+    }
+
+    fn spawn_program_with_env(
+        program: &Path,
+        args: &[&str],
+        cwd: &Path,
+        env: &[(&str, &str)],
+    ) -> Process {
         let dir = tempfile::tempdir().expect("output dir");
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
@@ -207,6 +221,7 @@ impl Process {
             .current_dir(cwd)
             .env_remove("NATS_URL")
             .env("SWITCHYARD_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
