@@ -145,3 +145,22 @@ fn rounds_are_refused_where_they_mean_nothing() {
         assert!(stderr.contains("--rounds"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_login_for_the_bench_is_refused_rather_than_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = common::run_to_end_with_env(
+        &[
+            "bench",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--duration",
+            "1s",
+        ],
+        dir.path(),
+        &[("NATS_TOKEN", "secret-token")],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("without a NATS login"), "{stderr}");
+    assert!(!stderr.contains("secret-token"), "{stderr}");
+}

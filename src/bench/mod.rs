@@ -95,6 +95,14 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<(), Error> {
     if args.duration.is_zero() {
         return Err(Error::invalid_input("--duration must be more than zero"));
     }
+    // The bench opens a dozen connections of its own (callers, targets, components as
+    // separate processes would); it measures on a dedicated server, never a secured one.
+    if config.nats_url.is_some() && !config.nats_auth.is_empty() {
+        return Err(Error::invalid_input(
+            "switchyard bench connects without a NATS login: give it a dedicated server \
+             without authorization with --nats, or none (it starts its own)",
+        ));
+    }
     if args.rounds == 0 || (args.rounds > 1 && args.suite != BenchSuite::Gateway) {
         return Err(Error::invalid_input(
             "--rounds is 1 or more, and more than 1 only for the gateway suite",
