@@ -177,7 +177,7 @@ async fn provision_once(js: &JetStream, config: &JetStreamConfig) -> Result<Prov
 
 async fn ensure_stream(js: &JetStream, wanted: stream::Config) -> Result<Change, Error> {
     let name = wanted.name.clone();
-    let wanted_limits = (name.clone(), wanted.max_bytes);
+    let max_bytes = wanted.max_bytes;
     match js.get_stream(&name).await {
         Ok(mut existing) => {
             let current = existing
@@ -203,13 +203,13 @@ async fn ensure_stream(js: &JetStream, wanted: stream::Config) -> Result<Change,
             };
             js.update_stream(update)
                 .await
-                .map_err(|e| stream_error(&format!("update stream {name}"), &wanted_limits, e))?;
+                .map_err(|e| stream_error(&format!("update stream {name}"), &name, max_bytes, e))?;
             Ok(Change::Updated(changed))
         }
         Err(err) if is_not_found(&err) => {
             js.create_stream(wanted)
                 .await
-                .map_err(|e| stream_error(&format!("create stream {name}"), &wanted_limits, e))?;
+                .map_err(|e| stream_error(&format!("create stream {name}"), &name, max_bytes, e))?;
             Ok(Change::Created)
         }
         Err(err) => Err(Error::nats(&format!("look up stream {name}"), err)),
@@ -221,7 +221,8 @@ async fn ensure_stream(js: &JetStream, wanted: stream::Config) -> Result<Change,
 /// fixes, so that one says what to change instead.
 fn stream_error(
     what: &str,
-    (name, max_bytes): &(String, i64),
+    name: &str,
+    max_bytes: i64,
     err: async_nats::jetstream::context::CreateStreamError,
 ) -> Error {
     use async_nats::jetstream::context::CreateStreamErrorKind;
