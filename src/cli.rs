@@ -307,11 +307,13 @@ pub enum BenchSuite {
     Cache,
     /// Data flow and sync from publish to the target's answer, against the thinnest
     /// hand-written pipeline (publish with ack, one pull consumer, one request per
-    /// record) in the same run, plus the cache hit path.
+    /// record) and that pipeline plus a status in KV and a confirmation per record, in
+    /// the same run, plus the cache hit path.
     Sync,
     /// Durable tasks from submit to the result, against the thinnest hand-written
     /// work queue (publish with ack to a work-queue stream, one pull consumer running
-    /// the same handler, ack, result published) in the same run.
+    /// the same handler, ack, result published) and that queue plus the least the
+    /// contract adds per task (a submit reply, two states in KV), in the same run.
     Tasks,
 }
 

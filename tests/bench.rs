@@ -93,7 +93,9 @@ fn bench_gateway_reports_three_paths_ratios_and_the_lookup_as_json() {
 fn bench_sync_compares_flow_and_sync_with_the_hand_written_pipeline_and_loses_nothing() {
     let report = bench_json(&["bench", "sync", "--json", "--duration", "300ms"]);
     let rows = report["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 2, "{report}");
+    // The hand-written pipeline, the contract floor, Switchyard.
+    assert_eq!(rows.len(), 3, "{report}");
+    assert_eq!(rows[1]["path"], "contract floor", "{report}");
     for row in rows {
         assert!(row["records_per_sec"].as_f64().unwrap() > 0.0, "{row}");
         let published = row["published"].as_u64().unwrap();
@@ -113,7 +115,9 @@ fn bench_sync_compares_flow_and_sync_with_the_hand_written_pipeline_and_loses_no
 fn bench_tasks_compares_durable_tasks_with_the_hand_written_work_queue_and_loses_nothing() {
     let report = bench_json(&["bench", "tasks", "--json", "--duration", "300ms"]);
     let rows = report["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 2, "{report}");
+    // The hand-written queue, the contract floor, Switchyard.
+    assert_eq!(rows.len(), 3, "{report}");
+    assert_eq!(rows[1]["path"], "contract floor", "{report}");
     for row in rows {
         assert!(row["tasks_per_sec"].as_f64().unwrap() > 0.0, "{row}");
         let submitted = row["submitted"].as_u64().unwrap();

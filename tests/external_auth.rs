@@ -2,9 +2,8 @@
 //! server with users and passwords, one with a token and one with TLS from a CA made in
 //! the test (openssl). With the right login `run` becomes ready, the tools and an SDK
 //! service program work; with a wrong one, or none, each exits non-zero with a clear
-//! message instead of hanging. Credentials files (JWT + nkey seed) need an operator
-//! setup (`nsc`) and are not tested against a server here; their parsing is checked in
-//! the unit tests of `src/nats/auth.rs`.
+//! message instead of hanging. Credentials files (JWT + nkey seed) are tested against a
+//! server in operator mode in tests/external_creds.rs.
 
 mod common;
 

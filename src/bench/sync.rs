@@ -8,6 +8,10 @@
 //! - The hand-written pipeline: a stream like `DATA` (file storage), JetStream publish
 //!   with ack, one explicit-ack pull consumer, one request to the target per record
 //!   (at most [`IN_FLIGHT`] at once), then the ack.
+//! - The contract floor: the hand-written pipeline plus the least issue 4's contract
+//!   adds to each record, its status stored in a KV bucket and a confirmation carrying
+//!   its id ([`floor::contract_floor_pipeline`]): what no implementation of that
+//!   contract can undercut on the same machine.
 //! - Switchyard: the same publishes to `data.in.<source>`, a flow rule routing them to
 //!   the target keyed by a field, and the `flow` and `sync` components as `up` runs
 //!   them (lanes = [`IN_FLIGHT`]), statuses and confirmations included.
@@ -16,6 +20,7 @@
 //! that reached the target within it. Then the publishers stop and the bench waits for
 //! every published record to arrive, so a loss shows as `delivered < published`.
 
+mod floor;
 mod load;
 
 use std::time::Duration;
@@ -24,6 +29,7 @@ use async_nats::jetstream;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
+use self::floor::contract_floor_pipeline;
 use self::load::{
     IN_FLIGHT, Measured, PUBLISHERS, RECORD_BYTES, measure, serve_target, thin_pipeline,
 };
@@ -38,7 +44,7 @@ use crate::data::flow::FlowComponent;
 use crate::data::sync::SyncComponent;
 use crate::error::Error;
 
-pub const STEPS: u64 = 3;
+pub const STEPS: u64 = 4;
 #[derive(Debug, Serialize)]
 pub struct SyncRow {
     pub path: &'static str,
@@ -97,6 +103,24 @@ pub async fn bench(
     let _ = js.delete_stream(&names.stream).await;
     progress.inc(1);
 
+    progress.set_message("contract floor");
+    let arrivals = serve_target(&target, &target_subject).await?;
+    let floor = contract_floor_pipeline(
+        url,
+        &js,
+        &names.stream,
+        &format!("bench.{id}.thin.>"),
+        &target_subject,
+    )
+    .await?;
+    let floor_measured = measure(&caller, &thin_subject, timing, arrivals).await?;
+    floor.abort();
+    let _ = js.delete_stream(&names.stream).await;
+    let _ = js
+        .delete_key_value(format!("{}_STATUS", names.stream))
+        .await;
+    progress.inc(1);
+
     progress.set_message("flow and sync");
     let arrivals = serve_target(&target, &target_subject).await?;
     let source = format!("bench{id}");
@@ -149,6 +173,7 @@ pub async fn bench(
     let baseline = base.records_per_sec;
     let mut rows = vec![
         row("hand-written pipeline", base),
+        row("contract floor", floor_measured),
         row("switchyard flow + sync", ours),
     ];
     let baseline_cpu = rows[0].cpu;

@@ -4,6 +4,11 @@
 //! - The hand-written queue: a work-queue stream (file storage), JetStream publish
 //!   with ack to submit, one explicit-ack pull consumer running the handler on at
 //!   most [`IN_FLIGHT`] tasks at once, then the ack and the result published.
+//! - The contract floor: the hand-written queue plus the least issue 5's contract adds
+//!   to each task, a submit request-reply answered after the `submitted` state and the
+//!   work item are stored, and the outcome state stored before the result
+//!   ([`floor::contract_floor_queue`]): what no implementation of that contract can
+//!   undercut on the same machine.
 //! - Switchyard: `tasks.submit.<service>.run` answered by the `tasks` component (state
 //!   in KV `tasks`, work item in stream `TASKS`), an SDK service running the same
 //!   handler as its operation `run` (task concurrency [`IN_FLIGHT`]), the result seen
@@ -14,6 +19,7 @@
 //! window. Then the submitters stop and the bench waits for every accepted task to
 //! complete, so a loss shows as `completed < submitted`.
 
+mod floor;
 mod load;
 
 use std::time::Duration;
@@ -23,6 +29,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::Value;
 
+use self::floor::contract_floor_queue;
 use self::load::{
     Completions, IN_FLIGHT, Measured, SUBMITTERS, TASK_BYTES, handler, measure, tasks_submit,
     thin_submit, thin_work_queue,
@@ -40,7 +47,7 @@ use crate::resilience::tasks::state::TaskState;
 use crate::sdk::Service;
 use crate::subjects::{self, STREAM_TASKS};
 
-pub const STEPS: u64 = 2;
+pub const STEPS: u64 = 3;
 /// Throughput against the hand-written queue that the tasks path aims for.
 pub const TARGET_RATIO: f64 = 0.6;
 
@@ -105,7 +112,35 @@ pub async fn bench(
     following.abort();
     let _ = js.delete_stream(&names.stream).await;
     progress.inc(1);
-    let base = base?;
+    let base = base.map_err(|e| in_path("hand-written work queue", e))?;
+
+    progress.set_message("contract floor");
+    let results = format!("bench.{id}.floor.done");
+    let completions = Completions::new()?;
+    let following = completions.follow(subscribe(&listener, &results).await?, thin_result);
+    let submit = format!("bench.{id}.floor.submit");
+    let floor = contract_floor_queue(
+        url,
+        &js,
+        &names.stream,
+        &format!("bench.{id}.floor.work"),
+        &submit,
+        &results,
+    )
+    .await;
+    let floor_measured = match floor {
+        Ok(floor) => {
+            let measured = measure(tasks_submit(caller.clone(), submit), timing, completions).await;
+            floor.abort();
+            measured
+        }
+        Err(err) => Err(err),
+    };
+    following.abort();
+    let _ = js.delete_stream(&names.stream).await;
+    let _ = js.delete_key_value(floor::bucket(&names.stream)).await;
+    progress.inc(1);
+    let floor_measured = floor_measured.map_err(|e| in_path("contract floor", e))?;
 
     progress.set_message("switchyard tasks");
     let service_name = format!("bench{id}");
@@ -145,11 +180,12 @@ pub async fn bench(
         let _ = stream.delete_consumer(&consumer).await;
     }
     progress.inc(1);
-    let ours = ours?;
+    let ours = ours.map_err(|e| in_path("switchyard tasks", e))?;
 
     let baseline = base.tasks_per_sec;
     let mut rows = vec![
         row("hand-written work queue", base),
+        row("contract floor", floor_measured),
         row("switchyard tasks", ours),
     ];
     let baseline_cpu = rows[0].cpu;
@@ -157,7 +193,8 @@ pub async fn bench(
         row.ratio = cpu::ratio(row.tasks_per_sec, baseline);
         row.cpu_ratio = row.cpu.ratio_to(&baseline_cpu);
     }
-    let target_met = rows[1].ratio >= TARGET_RATIO;
+    // The verdict is about Switchyard's row, the last.
+    let target_met = rows.last().is_some_and(|r| r.ratio >= TARGET_RATIO);
     Ok(TasksReport {
         run,
         rows,
@@ -208,6 +245,11 @@ fn task_result(message: &async_nats::Message) -> Option<Value> {
         .then_some(state.result)
         .flatten()
         .filter(|result| result.get("ts").is_some())
+}
+
+/// A failed path's error, saying which path failed (a bare "no responders" does not).
+fn in_path(path: &str, err: Error) -> Error {
+    Error::new(err.kind(), format!("{path}: {}", err.message()))
 }
 
 fn row(path: &'static str, m: Measured) -> TasksRow {

@@ -72,13 +72,25 @@ fn connect_error(url: &str, auth: &NatsAuth, err: &ConnectError) -> Error {
     let tls = matches!(err.kind(), ConnectErrorKind::Tls)
         || text.contains("certificate")
         || text.contains("TLS");
+    // The server says only "authorization violation"; for a credentials file the
+    // usual causes are worth naming, as the other logins' variables are not.
+    let check = match &auth.creds {
+        Some(_) => {
+            "check --nats-creds (NATS_CREDS, [nats] creds): the server must know the \
+             user's account (its resolver), the JWT must not be expired or revoked and \
+             the seed must be the JWT's user's"
+        }
+        None => {
+            "check NATS_USER/NATS_PASSWORD, NATS_TOKEN, --nats-creds or the [nats] \
+             section of the configuration"
+        }
+    };
     match err.kind() {
         ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => Error::new(
             ErrorKind::Unauthenticated,
             format!(
                 "authorization violation: the NATS server at {url} refused {} ({text}); \
-                 check NATS_USER/NATS_PASSWORD, NATS_TOKEN, --nats-creds or the [nats] \
-                 section of the configuration",
+                 {check}",
                 auth.presented()
             ),
         ),

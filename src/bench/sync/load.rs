@@ -108,12 +108,7 @@ pub async fn thin_pipeline(
     target: &str,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let client = crate::nats::connect(url, "switchyard-bench-thin").await?;
-    let stream = stream::Config {
-        name: stream_name.to_string(),
-        subjects: vec![subjects.to_string()],
-        storage: stream::StorageType::File,
-        ..Default::default()
-    };
+    let stream = bench_stream(stream_name, subjects);
     let target = target.to_string();
     super::super::thin::consume(js, stream, IN_FLIGHT, move |message| {
         let (client, target) = (client.clone(), target.clone());
@@ -128,6 +123,16 @@ pub async fn thin_pipeline(
         }
     })
     .await
+}
+
+/// The stream both hand-written pipelines read: like `DATA`, file storage.
+pub fn bench_stream(name: &str, subjects: &str) -> stream::Config {
+    stream::Config {
+        name: name.to_string(),
+        subjects: vec![subjects.to_string()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
 }
 
 /// Publishes from [`PUBLISHERS`] tasks for the warm-up and the window, then waits
