@@ -266,18 +266,28 @@ async fn each_user_can_do_its_work_and_is_denied_the_rest() {
         .subscribe("tasks.events.*")
         .await
         .unwrap();
-    switchyard::nats::connect::round_trip(&p("client").client)
+    // The tasks component listens too while a `tasks.get` waits for the task to end.
+    let mut waiting_get = p("tasks")
+        .client
+        .subscribe("tasks.events.t1")
         .await
         .unwrap();
+    for probe in ["client", "tasks"] {
+        switchyard::nats::connect::round_trip(&p(probe).client)
+            .await
+            .unwrap();
+    }
     p("services")
         .client
         .publish("tasks.events.t1", Bytes::new())
         .await
         .unwrap();
-    tokio::time::timeout(WAIT, task_events.next())
-        .await
-        .unwrap()
-        .unwrap();
+    for events in [&mut task_events, &mut waiting_get] {
+        tokio::time::timeout(WAIT, events.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
     // The client reads events as they are published.
     let mut live = p("client").client.subscribe("events.sys.>").await.unwrap();
     switchyard::nats::connect::round_trip(&p("client").client)

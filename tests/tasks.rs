@@ -173,6 +173,87 @@ async fn a_submitted_task_completes_with_its_result_in_kv_through_get_and_as_eve
 }
 
 #[tokio::test]
+async fn a_get_that_waits_answers_once_the_task_ends() {
+    let setup = setup(8).await;
+    let (server, client) = (&setup.server, &setup.client);
+    let id = submit(client, "worker", "sleep", json!({"ms": 1500})).await;
+    // One request, answered when the task completes rather than at once.
+    let reply = request(client, format!("tasks.get.{id}"), json!({"wait_ms": 8000})).await;
+    assert_eq!(error_code(&reply), None, "{:?}", reply.payload);
+    let task: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(task["state"], "completed", "{task}");
+    assert_eq!(task["result"], json!({"slept": 1500}));
+    // Already ended: at once, the same state.
+    let again = request(client, format!("tasks.get.{id}"), json!({"wait_ms": 8000})).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&again.payload).unwrap(),
+        task
+    );
+
+    // A wait that runs out answers the state as it is then.
+    let long = submit(client, "worker", "sleep", json!({"ms": 20000})).await;
+    let reply = request(client, format!("tasks.get.{long}"), json!({"wait_ms": 300})).await;
+    let task: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(
+        task["state"] == "submitted" || task["state"] == "working",
+        "{task}"
+    );
+
+    // The end is read from KV when no event says so (an event lost with its worker):
+    // the state is written behind the workers' back, and no event is published.
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value("tasks").await.unwrap();
+    let mut ended = task.clone();
+    ended["state"] = json!("canceled");
+    kv.put(&long, ended.to_string().into()).await.unwrap();
+    let reply = request(client, format!("tasks.get.{long}"), json!({"wait_ms": 500})).await;
+    let task: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(task["state"], "canceled", "{task}");
+
+    // Bad waits and unknown ids: typed errors.
+    for body in [
+        json!({"wait_ms": 600000}),
+        json!({"wait": 5}),
+        json!("soon"),
+    ] {
+        let reply = request(client, format!("tasks.get.{id}"), body.clone()).await;
+        assert_eq!(error_code(&reply).as_deref(), Some("400"), "{body}");
+    }
+    let unknown = uuid::Uuid::now_v7();
+    let reply = request(
+        client,
+        format!("tasks.get.{unknown}"),
+        json!({"wait_ms": 200}),
+    )
+    .await;
+    assert_eq!(error_code(&reply).as_deref(), Some("404"));
+
+    // Over HTTP: `?wait_ms=N`.
+    let http = free_addr();
+    let gateway = GatewayComponent::new(GatewayConfig {
+        http,
+        ..GatewayConfig::default()
+    });
+    let _gateway = supervise(server, Box::new(gateway)).await;
+    let quick = submit(client, "worker", "sleep", json!({"ms": 1000})).await;
+    let (ok, bad) = tokio::task::spawn_blocking(move || {
+        (
+            common::http_get(http, &format!("/v1/tasks/{quick}?wait_ms=8000")).unwrap(),
+            common::http_get(http, &format!("/v1/tasks/{quick}?wait=8000"))
+                .unwrap()
+                .0,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    let task: Value = serde_json::from_str(&ok.1).unwrap();
+    assert_eq!(task["state"], "completed", "{task}");
+    assert_eq!(task["result"], json!({"slept": 1000}));
+    assert_eq!(bad, 400);
+}
+
+#[tokio::test]
 async fn unknown_services_operations_and_ids_are_refused() {
     let setup = setup(8).await;
     let client = &setup.client;

@@ -3,10 +3,11 @@
 //! `api.*`) and answers JSON with status 200 or the error code as the HTTP status;
 //! `GET /v1/services` lists the registry. Durable tasks: `POST
 //! /v1/tasks/<service>/<operation>` submits (202 with the task id) and `GET
-//! /v1/tasks/<id>` reads the state, both through the `tasks` component's subjects
-//! (`tasks.submit.*`, `tasks.get.*`); a service named `tasks` is therefore not
-//! reachable as `POST /v1/tasks/<operation>`. CloudEvents `ce-*` headers (HTTP binary mode)
-//! and W3C `traceparent`/`tracestate` are carried into the envelope; `X-Request-Timeout`
+//! /v1/tasks/<id>[?wait_ms=N]` reads the state (with a wait, once the task ended),
+//! both through the `tasks` component's subjects (`tasks.submit.*`, `tasks.get.*`);
+//! a service named `tasks` is therefore not reachable as `POST
+//! /v1/tasks/<operation>`. CloudEvents `ce-*` headers (HTTP binary mode) and W3C
+//! `traceparent`/`tracestate` are carried into the envelope; `X-Request-Timeout`
 //! (milliseconds) is the caller's deadline. Every request runs in [`Context::spawn`],
 //! and the server stops gracefully with the component. Every route, the fallback
 //! included, is behind [`http_auth::guard`]: API keys and their rate limits when
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +33,7 @@ use crate::component::responder::ErrorBody;
 use crate::envelope::{ContentType, Meta, error_from_reply, to_display_json};
 use crate::error::{Error, ErrorKind};
 use crate::integration::registry::RegistryEntry;
+use crate::resilience::tasks::wait::MAX_WAIT;
 use crate::subjects::headers as h;
 
 /// The caller's deadline in milliseconds, carried as `Switchyard-Timeout-Ms`.
@@ -203,7 +205,7 @@ async fn submit_task(
     });
     match submitted {
         Ok((subject, body)) => {
-            let mut response = tasks_request(&state, subject, &headers, body).await;
+            let mut response = tasks_request(&state, subject, &headers, body, Duration::ZERO).await;
             if response.status() == StatusCode::OK {
                 *response.status_mut() = StatusCode::ACCEPTED;
             }
@@ -213,19 +215,48 @@ async fn submit_task(
     }
 }
 
-/// `GET /v1/tasks/<id>`: `tasks.get.<id>`, the task's state (404 unknown).
+/// `GET /v1/tasks/<id>[?wait_ms=N]`: `tasks.get.<id>`, the task's state (404 unknown);
+/// with `wait_ms`, once the task has ended or after N ms.
 async fn get_task(
     State(state): State<HttpState>,
     path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let subject = match path {
-        Ok(Path(id)) => crate::subjects::tasks_get(&id),
+    let request = match path {
+        Ok(Path(id)) => crate::subjects::tasks_get(&id)
+            .and_then(|subject| Ok((subject, wait_ms(query.as_deref())?))),
         Err(_) => Err(Error::invalid_input("the path is /v1/tasks/<id>")),
     };
-    match subject {
-        Ok(subject) => tasks_request(&state, subject, &headers, Bytes::new()).await,
+    match request {
+        Ok((subject, None)) => {
+            tasks_request(&state, subject, &headers, Bytes::new(), Duration::ZERO).await
+        }
+        Ok((subject, Some(ms))) => {
+            let body = Bytes::from(format!("{{\"wait_ms\":{ms}}}"));
+            // The component refuses longer waits at once.
+            let wait = Duration::from_millis(ms).min(MAX_WAIT);
+            tasks_request(&state, subject, &headers, body, wait).await
+        }
         Err(err) => error_response(&err),
+    }
+}
+
+/// `wait_ms` from the query of `GET /v1/tasks/<id>`, the only parameter it takes (the
+/// tasks component checks its bounds).
+fn wait_ms(query: Option<&str>) -> Result<Option<u64>, Error> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    match query.split_once('=') {
+        Some(("wait_ms", ms)) if !ms.contains('&') => ms.parse().map(Some).map_err(|_| {
+            Error::invalid_input(format!(
+                "wait_ms {ms:?} is not a whole number of milliseconds"
+            ))
+        }),
+        _ => Err(Error::invalid_input(format!(
+            "GET /v1/tasks/<id> takes only ?wait_ms=N, not {query:?}"
+        ))),
     }
 }
 
@@ -235,11 +266,12 @@ async fn tasks_request(
     subject: String,
     headers: &HeaderMap,
     body: Bytes,
+    wait: Duration,
 ) -> Response {
     let request = async_nats::Request::new()
         .headers(envelope_headers(headers))
         .payload(body)
-        .timeout(Some(TASKS_TIMEOUT));
+        .timeout(Some(TASKS_TIMEOUT + wait));
     let client = state.ctx.client.clone();
     // Tracked, so a graceful stop waits for the answer.
     let answered = state

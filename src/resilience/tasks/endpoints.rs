@@ -1,7 +1,8 @@
 //! `tasks.get.<id>` and `tasks.cancel.<id>`.
 //!
 //! A get answers the task's state (JSON in KV `tasks`) in the caller's codec, 404 for
-//! an unknown id. A cancel moves a task that is not final to `canceled` with
+//! an unknown id; with `{"wait_ms": N}` it first waits for the task to end
+//! ([`super::wait`]). A cancel moves a task that is not final to `canceled` with
 //! compare-and-set, announces it to the service's workers on
 //! `tasks.canceled.<service>` and publishes it on `tasks.events.<id>`; a worker that
 //! has not started it skips it, one running it drops the handler and discards its
@@ -9,8 +10,14 @@
 //! task already completed, failed or canceled is left as it is, and the answer is its
 //! state, so the caller sees which happened first.
 
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
 use super::state::{Phase, TaskState, TaskStore, Transition};
 use super::submit::SOURCE;
+use super::wait;
 use crate::component::responder::{Reply, Request};
 use crate::error::Error;
 use crate::subjects::{self, headers as h};
@@ -22,19 +29,40 @@ pub enum Action {
     Cancel,
 }
 
-pub async fn handle(store: &TaskStore, action: Action, request: Request) -> Result<Reply, Error> {
-    let id = parse_id(request.subject.as_str(), action)?;
-    let state = match action {
-        Action::Get => {
-            store
-                .get(id)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("no task {id}")))?
-                .0
+/// What the endpoints share: the store, and for waiting gets the instance's stop and
+/// the room for waiters.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub store: TaskStore,
+    pub stop: CancellationToken,
+    pub waiters: Arc<Semaphore>,
+}
+
+impl Endpoints {
+    pub async fn handle(&self, action: Action, request: Request) -> Result<Reply, Error> {
+        let id = parse_id(request.subject.as_str(), action)?;
+        let state = match action {
+            Action::Get => self.get(id, &request).await?,
+            Action::Cancel => cancel(&self.store, id, &request).await?,
+        };
+        Ok(Reply::to(&request, &state))
+    }
+
+    /// The state now, or once final when the caller asked to wait and there is room
+    /// for one more waiter (otherwise at once: the caller asks again).
+    async fn get(&self, id: &str, request: &Request) -> Result<TaskState, Error> {
+        if let Some(wait) = wait::wait_of(request)?
+            && let Ok(_waiting) = self.waiters.clone().try_acquire_owned()
+        {
+            return wait::until_final(&self.store, id, wait, &self.stop).await;
         }
-        Action::Cancel => cancel(store, id, &request).await?,
-    };
-    Ok(Reply::to(&request, &state))
+        Ok(self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no task {id}")))?
+            .0)
+    }
 }
 
 async fn cancel(store: &TaskStore, id: &str, request: &Request) -> Result<TaskState, Error> {

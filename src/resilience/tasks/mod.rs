@@ -6,7 +6,8 @@
 //!   KV `tasks`, then publishes its work item with ack to
 //!   `tasks.work.<service>.<operation>` (work-queue stream `TASKS`) carrying the
 //!   state's revision, answers `{"id","state"}`.
-//! - `tasks.get.<id>`, `tasks.cancel.<id>` ([`endpoints`]).
+//! - `tasks.get.<id>`, `tasks.cancel.<id>` ([`endpoints`]); a get may wait for the
+//!   task to end ([`wait`]).
 //! - `tasks.events.<id>`: every state change, published by whoever made it.
 //! - `tasks.canceled.<service>` ([`cancels`]): cancels announced to the workers, so
 //!   that they run a task without reading its state first unless it may be canceled.
@@ -20,10 +21,14 @@ pub mod cancels;
 pub mod endpoints;
 pub mod state;
 pub mod submit;
+pub mod wait;
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
 
-use self::endpoints::Action;
+use self::endpoints::{Action, Endpoints};
 use self::state::TaskStore;
 use self::submit::{SOURCE, Submitter};
 use crate::component::responder::{self, Endpoint};
@@ -55,7 +60,8 @@ impl Component for TasksComponent {
             Subscription {
                 subject: TASKS_GET,
                 queue_group: Some(QUEUE_GROUP),
-                description: "the task's state and result (404 unknown id)",
+                description: "the task's state and result (404 unknown id); with {\"wait_ms\":N}, \
+                              once ended (listens on tasks.events.<id>)",
             },
             Subscription {
                 subject: TASKS_CANCEL,
@@ -92,14 +98,19 @@ impl Component for TasksComponent {
                 },
             )
             .await?;
+            let endpoints = Endpoints {
+                store,
+                stop: ctx.shutdown().clone(),
+                waiters: Arc::new(Semaphore::new(wait::MAX_WAITERS)),
+            };
             for (name, subject, action) in [
                 ("get", "tasks.get.*", Action::Get),
                 ("cancel", "tasks.cancel.*", Action::Cancel),
             ] {
-                let store = store.clone();
+                let endpoints = endpoints.clone();
                 responder::serve(&ctx, NAME, endpoint(name, subject), move |request| {
-                    let store = store.clone();
-                    async move { endpoints::handle(&store, action, request).await }
+                    let endpoints = endpoints.clone();
+                    async move { endpoints.handle(action, request).await }
                 })
                 .await?;
             }
