@@ -41,8 +41,13 @@
 //! - Each instance registers in the registry under `<service>.<micro id>`, heartbeats,
 //!   and deregisters on a graceful stop ([`RunningService::stop`]); an instance that
 //!   dies stops heartbeating and its entry expires after three intervals.
+//!
+//! Its client side, [`Caller`], calls other services through the gateway and runs
+//! their operations as durable tasks, typed, carrying the deadline and (from a
+//! handler, [`Caller::within`]) the conversation's correlation id and trace.
 
 mod args;
+mod caller;
 mod handler;
 mod latency;
 mod routing;
@@ -61,6 +66,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::args::ServiceArgs;
+pub use self::caller::Caller;
 pub use self::running::{RunningService, StopReport};
 pub use self::tasks::{
     DEFAULT_TASK_ACK_WAIT, DEFAULT_TASK_CONCURRENCY, DEFAULT_TASK_MAX_DELIVER, TaskSettings,
