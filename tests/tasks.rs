@@ -254,6 +254,49 @@ async fn a_get_that_waits_answers_once_the_task_ends() {
 }
 
 #[tokio::test]
+async fn a_waiting_get_is_answered_when_its_instance_stops() {
+    let (server, client) = provisioned().await;
+    let tasks = supervise(&server, Box::new(TasksComponent)).await;
+    let (_worker, _) = start_worker(&client, 8).await;
+    let id = submit(&client, "worker", "sleep", json!({"ms": 30000})).await;
+    let waiting = {
+        let (client, id) = (client.clone(), id.clone());
+        tokio::spawn(async move {
+            let request = async_nats::Request::new()
+                .payload(json!({"wait_ms": 60000}).to_string().into())
+                .timeout(Some(Duration::from_secs(90)));
+            client
+                .send_request(format!("tasks.get.{id}"), request)
+                .await
+        })
+    };
+    // The get is waiting once the component listens on the task's events: a request
+    // there then times out (nobody answers) instead of finding no responders.
+    until("the get waiting", WAIT, || async {
+        let probe = async_nats::Request::new()
+            .payload("not a state".into())
+            .timeout(Some(Duration::from_millis(200)));
+        let answer = client
+            .send_request(format!("tasks.events.{id}"), probe)
+            .await;
+        matches!(answer, Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut).then_some(())
+    })
+    .await;
+    let report = tasks.stop(Duration::from_secs(20)).await;
+    assert!(report.finished_in_time, "{report:?}");
+    let reply = waiting
+        .await
+        .unwrap()
+        .expect("an answer before the stop ended");
+    assert_eq!(error_code(&reply), None, "{:?}", reply.payload);
+    let task: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(
+        !["completed", "failed", "canceled"].contains(&task["state"].as_str().unwrap()),
+        "{task}"
+    );
+}
+
+#[tokio::test]
 async fn unknown_services_operations_and_ids_are_refused() {
     let setup = setup(8).await;
     let client = &setup.client;
