@@ -30,7 +30,8 @@ struct Counts {
 
 /// Service `worker`: `echo` answers its input, `sleep` sleeps `{"ms"}`, `broken`
 /// fails permanently, `huge` answers `{"bytes"}` bytes, `flaky` fails with a retried
-/// kind. Two deliveries at most.
+/// kind, `steps` reports `{"steps"}` progress steps and answers whether each went out.
+/// Two deliveries at most.
 async fn start_worker(
     client: &async_nats::Client,
     concurrency: usize,
@@ -62,6 +63,14 @@ async fn start_worker(
         })
         .operation("flaky", |_: Value| async move {
             Err::<Value, _>(Error::new(ErrorKind::Transient, "upstream hiccup"))
+        })
+        .operation("steps", |input: Value| async move {
+            let mut reported = Vec::new();
+            for step in 1..=input["steps"].as_u64().unwrap_or(0) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                reported.push(switchyard::sdk::progress(&json!({"step": step})).await);
+            }
+            Ok(json!({"reported": reported}))
         });
     (service.start(client).await.expect("start worker"), counts)
 }
@@ -294,6 +303,51 @@ async fn a_waiting_get_is_answered_when_its_instance_stops() {
         !["completed", "failed", "canceled"].contains(&task["state"].as_str().unwrap()),
         "{task}"
     );
+}
+
+#[tokio::test]
+async fn a_running_task_reports_progress_on_its_events() {
+    let setup = setup(8).await;
+    let client = &setup.client;
+    let mut events = client.subscribe("tasks.events.>").await.unwrap();
+    let id = submit(client, "worker", "steps", json!({"steps": 3})).await;
+    let mut progress = Vec::new();
+    loop {
+        let event = tokio::time::timeout(WAIT, events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.subject.as_str(), format!("tasks.events.{id}"));
+        let kind = event
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("ce-type")
+            .unwrap()
+            .to_string();
+        let state: Value = serde_json::from_slice(&event.payload).unwrap();
+        if state["state"] == "completed" {
+            assert_eq!(state["result"], json!({"reported": [true, true, true]}));
+            assert!(state.get("progress").is_none(), "{state}");
+            break;
+        }
+        if kind == "io.switchyard.task.progress" {
+            assert_eq!(state["state"], "working", "{state}");
+            assert_eq!(state["attempts"], 1, "{state}");
+            progress.push(state["progress"].clone());
+        }
+    }
+    assert_eq!(
+        progress,
+        [json!({"step": 1}), json!({"step": 2}), json!({"step": 3})]
+    );
+    // Reports are events only: the stored state has none.
+    assert!(get(client, &id).await.get("progress").is_none());
+
+    // The same operation as a plain request: nothing to report to.
+    let reply = request(client, "svc.worker.steps".into(), json!({"steps": 2})).await;
+    let answer: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(answer, json!({"reported": [false, false]}));
 }
 
 #[tokio::test]

@@ -34,7 +34,8 @@
 //!   pull the work from stream `TASKS` and record the outcome in KV `tasks`
 //!   ([`tasks`], [`task_run`], [`task_outcome`]): in-progress acks while the handler
 //!   runs, exactly one outcome recorded per task even when a killed instance's task is
-//!   redelivered.
+//!   redelivered. A handler running as a task may report [`progress`] on the task's
+//!   events.
 //! - Each instance follows its service's health in the registry and leaves the queue
 //!   group while another instance should serve instead (drained, unhealthy or
 //!   degraded; see `routing`).
@@ -50,6 +51,7 @@ mod args;
 mod caller;
 mod handler;
 mod latency;
+mod progress;
 mod routing;
 mod running;
 mod serving;
@@ -67,6 +69,7 @@ use serde::de::DeserializeOwned;
 
 pub use self::args::ServiceArgs;
 pub use self::caller::Caller;
+pub use self::progress::progress;
 pub use self::running::{RunningService, StopReport};
 pub use self::tasks::{
     DEFAULT_TASK_ACK_WAIT, DEFAULT_TASK_CONCURRENCY, DEFAULT_TASK_MAX_DELIVER, TaskSettings,

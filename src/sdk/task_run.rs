@@ -35,6 +35,7 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::BoxHandler;
+use super::progress;
 use super::task_outcome::{
     STORE_RETRY, complete, fail, give_up, report, result_json, settle, working_where,
 };
@@ -125,7 +126,17 @@ pub(crate) async fn run(worker: &Worker, message: Message, abort: &CancellationT
             worker.service
         )))),
         (Ok(meta), Some(handler)) => {
-            let call = handler(meta, message.payload.clone());
+            // The handler may report progress (`sdk::progress`) as this task.
+            let running = progress::Running {
+                store: worker.store.clone(),
+                source: worker.source.clone(),
+                state: attempt.next(&known.0, Phase::Working),
+                cause: attempt.cause.clone(),
+            };
+            let call = Box::pin(progress::scope(
+                running,
+                handler(meta, message.payload.clone()),
+            ));
             run_handler(&attempt, &message, &mut known, call, abort).await
         }
     };

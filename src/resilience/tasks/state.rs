@@ -75,6 +75,10 @@ pub struct TaskState {
     /// Why it failed; on a task still working, why its last attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
+    /// What the handler last reported while running ([`crate::sdk::progress`]); only
+    /// in `progress` events, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
 }
 
 impl TaskState {
@@ -94,6 +98,7 @@ impl TaskState {
             worker: None,
             result: None,
             error: None,
+            progress: None,
         }
     }
 
@@ -255,7 +260,21 @@ impl TaskStore {
         state: &TaskState,
         json: Bytes,
     ) {
-        let kind = format!("{EVENT_TYPE_PREFIX}{}", state.state.as_str());
+        self.publish_event_of(cause, source, state.state.as_str(), state, json)
+            .await;
+    }
+
+    /// [`TaskStore::publish_event`] with `ce-type` `io.switchyard.task.<event>`: a
+    /// state change, or `progress` (a handler's report while it runs).
+    pub async fn publish_event_of(
+        &self,
+        cause: Option<&Meta>,
+        source: &str,
+        event: &str,
+        state: &TaskState,
+        json: Bytes,
+    ) {
+        let kind = format!("{EVENT_TYPE_PREFIX}{event}");
         let meta = match cause {
             Some(cause) => cause.follow_up(source, kind),
             None => Meta::new(source, kind),
