@@ -9,112 +9,36 @@
 mod common;
 #[path = "common/nats_jwt.rs"]
 mod nats_jwt;
+#[path = "common/secured.rs"]
+mod secured;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{Process, eventually, http_get, repo_path, run_to_end_with_env};
+use common::{Process, eventually};
 use nats_jwt::{Account, Operator};
-use switchyard::nats::{EmbeddedServer, ServerOptions};
-
-const WAIT: Duration = Duration::from_secs(60);
+use secured::{SecuredServer, WAIT, run_refused, run_until_ready, tool};
 
 /// A nats-server running `nats/dev.conf` in operator mode: it trusts `operator`, and
 /// knows the system account and `accounts` from its memory resolver.
-struct OperatorServer {
-    server: EmbeddedServer,
-    dir: tempfile::TempDir,
-}
-
-impl OperatorServer {
-    fn start(operator: &Operator, accounts: &[&Account]) -> OperatorServer {
-        let system = operator.account("SYS", false);
-        let preload: String = std::iter::once(&system)
-            .chain(accounts.iter().copied())
-            .map(|account| format!("  {}: {}\n", account.public_key(), account.jwt))
-            .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let base = std::fs::read_to_string(repo_path("nats/dev.conf")).unwrap();
-        let config = dir.path().join("server.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "{base}\noperator: {}\nsystem_account: {}\nresolver: MEMORY\n\
-                 resolver_preload: {{\n{preload}}}\n",
-                operator.jwt,
-                system.public_key()
-            ),
-        )
-        .unwrap();
-        let options = ServerOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("data"),
-            config: Some(config),
-            binary: None,
-        };
-        let server = EmbeddedServer::start(options)
-            .unwrap_or_else(|e| panic!("cannot start nats-server (run scripts/setup): {e}"));
-        OperatorServer { server, dir }
-    }
-
-    fn url(&self) -> String {
-        self.server.url()
-    }
-
-    /// A file holding `text`, in this server's temporary directory: its path.
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-}
-
-impl Drop for OperatorServer {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.server.log_path()).unwrap_or_default();
-            eprintln!("---- nats-server log ----\n{log}");
-        }
-    }
-}
-
-/// `switchyard run instance` with `login` until /readyz answers 200; the time it took.
-fn run_until_ready(url: &str, login: &[&str]) -> (Process, Duration) {
-    let started = Instant::now();
-    let (process, admin) = Process::run_instance_with_args(url, login);
-    let ready = eventually(WAIT, || {
-        http_get(admin, "/readyz").filter(|(status, _)| *status == 200)
-    });
-    assert!(
-        ready.is_some(),
-        "not ready within {WAIT:?}: {}",
-        process.stderr()
-    );
-    (process, started.elapsed())
-}
-
-/// `switchyard run instance` with `login` must exit by itself, non-zero: (stderr, time).
-fn run_refused(url: &str, login: &[&str]) -> (String, Duration) {
-    let started = Instant::now();
-    let (mut process, _admin) = Process::run_instance_with_args(url, login);
-    let code = process.wait(WAIT);
-    let elapsed = started.elapsed();
-    assert!(
-        matches!(code, Some(c) if c != 0),
-        "expected a non-zero exit, got {code:?} after {elapsed:?}"
-    );
-    (process.stderr(), elapsed)
-}
-
-/// `switchyard <args>` to the end with `env`: (exit code, stdout, stderr).
-fn tool(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    run_to_end_with_env(args, &std::env::temp_dir(), env)
+fn operator_server(operator: &Operator, accounts: &[&Account]) -> SecuredServer {
+    let system = operator.account("SYS", false);
+    let preload: String = std::iter::once(&system)
+        .chain(accounts.iter().copied())
+        .map(|account| format!("  {}: {}\n", account.public_key(), account.jwt))
+        .collect();
+    SecuredServer::start(&format!(
+        "operator: {}\nsystem_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{\n{preload}}}",
+        operator.jwt,
+        system.public_key()
+    ))
 }
 
 #[test]
 fn run_tools_and_an_sdk_program_log_in_with_a_creds_file() {
     let operator = Operator::new("switchyard-test");
     let account = operator.account("APP", true);
-    let server = OperatorServer::start(&operator, &[&account]);
+    let server = operator_server(&operator, &[&account]);
     let url = server.url();
     let creds = server.file("app.creds", &account.user("switchyard").creds());
 
@@ -175,7 +99,7 @@ fn unknown_account_and_wrong_seed_are_refused_naming_the_file() {
     let account = operator.account("APP", true);
     // Signed by the same operator but never given to the server's resolver.
     let unregistered = operator.account("UNREGISTERED", true);
-    let server = OperatorServer::start(&operator, &[&account]);
+    let server = operator_server(&operator, &[&account]);
     let url = server.url();
 
     let stranger = unregistered.user("stranger");

@@ -87,38 +87,21 @@ pub async fn bench(
     let target_subject = format!("bench.{id}.target");
     let target = crate::nats::connect(url, "switchyard-bench-target").await?;
 
+    let hand_written = HandWritten {
+        url,
+        js: &js,
+        caller: &caller,
+        stream: &names.stream,
+        id: &id,
+        target: &target,
+        target_subject: &target_subject,
+        timing,
+    };
     progress.set_message("hand-written pipeline");
-    let arrivals = serve_target(&target, &target_subject).await?;
-    let thin_subject = format!("bench.{id}.thin.p");
-    let thin = thin_pipeline(
-        url,
-        &js,
-        &names.stream,
-        &format!("bench.{id}.thin.>"),
-        &target_subject,
-    )
-    .await?;
-    let base = measure(&caller, &thin_subject, timing, arrivals).await?;
-    thin.abort();
-    let _ = js.delete_stream(&names.stream).await;
+    let base = hand_written.measure(Path::Thin).await?;
     progress.inc(1);
-
     progress.set_message("contract floor");
-    let arrivals = serve_target(&target, &target_subject).await?;
-    let floor = contract_floor_pipeline(
-        url,
-        &js,
-        &names.stream,
-        &format!("bench.{id}.thin.>"),
-        &target_subject,
-    )
-    .await?;
-    let floor_measured = measure(&caller, &thin_subject, timing, arrivals).await?;
-    floor.abort();
-    let _ = js.delete_stream(&names.stream).await;
-    let _ = js
-        .delete_key_value(format!("{}_STATUS", names.stream))
-        .await;
+    let floor_measured = hand_written.measure(Path::ContractFloor).await?;
     progress.inc(1);
 
     progress.set_message("flow and sync");
@@ -182,6 +165,48 @@ pub async fn bench(
         row.cpu_ratio = row.cpu.ratio_to(&baseline_cpu);
     }
     Ok(SyncReport { run, rows, cache })
+}
+
+/// The two hand-written paths.
+#[derive(Clone, Copy)]
+enum Path {
+    Thin,
+    ContractFloor,
+}
+
+/// What both hand-written paths run with: each gets stream `stream` of its own for the
+/// run (removed after it) and the same target, publishers and window.
+struct HandWritten<'a> {
+    url: &'a str,
+    js: &'a jetstream::Context,
+    caller: &'a async_nats::Client,
+    stream: &'a str,
+    id: &'a str,
+    target: &'a async_nats::Client,
+    target_subject: &'a str,
+    timing: Timing,
+}
+
+impl HandWritten<'_> {
+    async fn measure(&self, path: Path) -> Result<Measured, Error> {
+        let arrivals = serve_target(self.target, self.target_subject).await?;
+        let subjects = format!("bench.{}.thin.>", self.id);
+        let (url, js, stream, target) = (self.url, self.js, self.stream, self.target_subject);
+        let running = match path {
+            Path::Thin => thin_pipeline(url, js, stream, &subjects, target).await?,
+            Path::ContractFloor => {
+                contract_floor_pipeline(url, js, stream, &subjects, target).await?
+            }
+        };
+        let subject = format!("bench.{}.thin.p", self.id);
+        let measured = measure(self.caller, &subject, self.timing, arrivals).await;
+        running.abort();
+        let _ = js.delete_stream(stream).await;
+        if let Path::ContractFloor = path {
+            let _ = js.delete_key_value(floor::bucket(stream)).await;
+        }
+        measured
+    }
 }
 
 fn row(path: &'static str, m: Measured) -> SyncRow {

@@ -1,6 +1,6 @@
 //! What the hand-written baselines of `bench sync` and `bench tasks` share: a stream
 //! read by one explicit-ack pull consumer, each message handled by its own task with
-//! at most `in_flight` at once. Only the stream's retention and the per-message work
+//! at most `in_flight` at once, and the contract floors' KV bucket. Only the stream's retention and the per-message work
 //! differ between them.
 
 use std::future::Future;
@@ -56,4 +56,18 @@ where
             });
         }
     }))
+}
+
+/// A KV bucket for a contract floor's states (file storage, history 1, as Switchyard's
+/// buckets are), created for one run.
+pub async fn create_bucket(js: &jetstream::Context, bucket: &str) -> Result<(), Error> {
+    js.create_key_value(jetstream::kv::Config {
+        bucket: bucket.to_string(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| Error::nats(&format!("create the bench bucket {bucket}"), e))
 }

@@ -1,7 +1,36 @@
 //! Header-value rules of the CloudEvents NATS binding and W3C trace context.
 
-use async_nats::HeaderMap;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, HeaderName};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use crate::error::Error;
+use crate::subjects::headers as h;
+
+/// Built once: a lookup by `&str` parses and allocates the name each time (the
+/// gateway reads it on every request).
+const TIMEOUT_MS: HeaderName = HeaderName::from_static(h::TIMEOUT_MS);
+
+/// The caller's remaining budget from `Switchyard-Timeout-Ms`, if it set one; a value
+/// that is not whole milliseconds is invalid input.
+pub fn caller_budget(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
+    let Some(value) = headers.get(TIMEOUT_MS) else {
+        return Ok(None);
+    };
+    value
+        .as_str()
+        .trim()
+        .parse::<u64>()
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .map_err(|_| {
+            Error::invalid_input(format!(
+                "invalid {} {:?}: a whole number of milliseconds",
+                h::TIMEOUT_MS,
+                value.as_str()
+            ))
+        })
+}
 
 /// CloudEvents NATS binding: percent-encode space, `"`, `%` and anything outside
 /// printable ASCII (non-ASCII is always encoded by `utf8_percent_encode`).

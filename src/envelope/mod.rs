@@ -11,7 +11,9 @@ mod headers;
 mod send;
 
 pub use codec::{ContentType, MAX_DEPTH, to_display_json};
-pub use headers::{TraceParent, decode_value, encode_value, without_publish_controls};
+pub use headers::{
+    TraceParent, caller_budget, decode_value, encode_value, without_publish_controls,
+};
 pub use send::{Outgoing, check_size, error_from_reply, publish, publish_durable, request};
 
 use async_nats::HeaderMap;

@@ -3,12 +3,17 @@
 //! to the hand-written pipeline is the most any implementation of the contract can
 //! reach on the machine, measured in the same run as Switchyard.
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream;
 use bytes::Bytes;
 
 use super::load::{IN_FLIGHT, bench_stream};
 use crate::error::Error;
 use crate::subjects::headers as h;
+
+/// The KV bucket the floor keeps statuses in, one per run.
+pub fn bucket(stream_name: &str) -> String {
+    format!("{stream_name}_STATUS")
+}
 
 /// The thin pipeline plus the least issue 4's contract adds to each record once its
 /// target answered: its status stored in a KV bucket (awaited before the ack, as a
@@ -24,15 +29,8 @@ pub async fn contract_floor_pipeline(
     target: &str,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let client = crate::nats::connect(url, "switchyard-bench-floor").await?;
-    let bucket = format!("{stream_name}_STATUS");
-    js.create_key_value(kv::Config {
-        bucket: bucket.clone(),
-        history: 1,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| Error::nats("create the bench status bucket", e))?;
+    let bucket = bucket(stream_name);
+    super::super::thin::create_bucket(js, &bucket).await?;
     let stream = bench_stream(stream_name, subjects);
     let (target, floor_js) = (target.to_string(), jetstream::new(client.clone()));
     let confirm = format!("{stream_name}.confirm");

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -51,14 +51,7 @@ pub async fn contract_floor_queue(
     results: &str,
 ) -> Result<Floor, Error> {
     let bucket = bucket(stream_name);
-    js.create_key_value(kv::Config {
-        bucket: bucket.clone(),
-        history: 1,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| Error::nats("create the bench state bucket", e))?;
+    super::super::thin::create_bucket(js, &bucket).await?;
     let stream = stream::Config {
         name: stream_name.to_string(),
         subjects: vec![format!("{work}.>")],

@@ -13,7 +13,7 @@
 //! caller to back off while the requests in flight still get their answers.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
@@ -22,9 +22,9 @@ use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 
 use super::NAME;
-use super::call::{Call, TIMEOUT_MS, TRACEPARENT};
+use super::call::{Call, TRACEPARENT};
 use super::guard::Policies;
-use crate::envelope::{Meta, TraceParent, content_type_of, error_from_reply};
+use crate::envelope::{Meta, TraceParent, caller_budget, content_type_of, error_from_reply};
 use crate::error::{Error, ErrorKind};
 use crate::integration::registry::{Lookup, view::RegistryView};
 use crate::observability::metrics::{self as m, GatewayMetrics};
@@ -311,25 +311,6 @@ impl Forwarder {
             refusal
         })
     }
-}
-
-/// The caller's remaining budget from `Switchyard-Timeout-Ms`, if it set one.
-fn caller_budget(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
-    let Some(value) = headers.get(TIMEOUT_MS) else {
-        return Ok(None);
-    };
-    value
-        .as_str()
-        .trim()
-        .parse::<u64>()
-        .map(|ms| Some(Duration::from_millis(ms)))
-        .map_err(|_| {
-            Error::invalid_input(format!(
-                "invalid {} {:?}: a whole number of milliseconds",
-                h::TIMEOUT_MS,
-                value.as_str()
-            ))
-        })
 }
 
 /// The code a reply stands for, normalised to the known codes (bounded label values).

@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{TaskState, TaskStore};
 use crate::component::responder::Request;
+use crate::envelope::caller_budget;
 use crate::error::Error;
-use crate::subjects::{self, headers as h};
+use crate::subjects;
 
 /// The longest wait a get may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -58,30 +59,11 @@ pub fn wait_of(request: &Request) -> Result<Option<Duration>, Error> {
             MAX_WAIT.as_millis()
         )));
     }
-    let wait = match deadline(request)? {
+    let wait = match caller_budget(&request.headers)? {
         Some(deadline) => wait.min(deadline.saturating_sub(DEADLINE_MARGIN)),
         None => wait,
     };
     Ok((!wait.is_zero()).then_some(wait))
-}
-
-/// The caller's remaining budget, when it sent one.
-fn deadline(request: &Request) -> Result<Option<Duration>, Error> {
-    let Some(value) = request.headers.get(h::TIMEOUT_MS) else {
-        return Ok(None);
-    };
-    value
-        .as_str()
-        .trim()
-        .parse::<u64>()
-        .map(|ms| Some(Duration::from_millis(ms)))
-        .map_err(|_| {
-            Error::invalid_input(format!(
-                "invalid {} {:?}: a whole number of milliseconds",
-                h::TIMEOUT_MS,
-                value.as_str()
-            ))
-        })
 }
 
 /// The task's state once it is final, or after `wait` (or at `stop`) as it is then.
@@ -135,6 +117,7 @@ mod tests {
     use super::*;
     use crate::envelope::{ContentType, Meta};
     use crate::error::ErrorKind;
+    use crate::subjects::headers as h;
 
     fn request(body: &str, timeout_ms: Option<&str>) -> Request {
         let mut headers = async_nats::HeaderMap::new();
