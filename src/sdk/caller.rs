@@ -12,6 +12,37 @@
 //! downstream works for an answer nobody waits for. [`Caller::within`] makes the calls
 //! follow-ups of a request being handled: same correlation id and trace, causation =
 //! its id, so a chain of agents reads as one conversation.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use switchyard::envelope::Meta;
+//! use switchyard::sdk::{Caller, Service};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Goal { text: String }
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Facts { items: Vec<String> }
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Draft { text: String }
+//!
+//! # async fn demo(client: async_nats::Client) -> Result<(), switchyard::Error> {
+//! let calls = client.clone();
+//! Service::new("planner", "1.0.0")?
+//!     .operation_with_meta("plan", move |meta: Meta, goal: Goal| {
+//!         let caller = Caller::new(&calls).within(&meta);
+//!         async move {
+//!             let facts: Facts = caller.call("search", "find", &goal).await?;
+//!             let draft: Draft = caller
+//!                 .run_task("writer", "draft", &facts, Duration::from_secs(300))
+//!                 .await?;
+//!             Ok(draft)
+//!         }
+//!     })
+//!     .run(&client)
+//!     .await
+//! # }
+//! ```
 
 use std::time::{Duration, Instant};
 
