@@ -15,7 +15,7 @@ use std::future::Future;
 use serde::Serialize;
 
 use crate::envelope::Meta;
-use crate::resilience::tasks::state::{TaskState, TaskStore};
+use crate::resilience::tasks::state::{Phase, TaskState, TaskStore};
 
 tokio::task_local! {
     static RUNNING: Running;
@@ -51,7 +51,8 @@ pub async fn progress<T: Serialize>(report: &T) -> bool {
             running.source.clone(),
             TaskState {
                 progress: Some(report),
-                ..running.state.clone()
+                // Stamped now: `updated` says when the report was made.
+                ..running.state.to(Phase::Working)
             },
             running.cause.clone(),
         )
